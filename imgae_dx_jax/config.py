@@ -1,0 +1,446 @@
+"""Typed run configuration: YAML files, ``--set key=value`` overrides and validation.
+
+One :class:`Config` is built once per run by :func:`load_config` and passed down. Every value
+comes from the packaged ``configs/default.yaml`` (the single source of defaults), then an
+optional user file, then ``--set`` overrides, in that order. Any problem -- an unknown key, a
+value of the wrong type, an impossible setting -- raises :class:`ConfigError` naming the key,
+the file (or ``--set``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MODELS = ("unet", "ra", "ae")
+SOURCES = ("sample", "archive", "folder")
+UNET_MODES = ("denoising", "reconstruction")
+STAGES = tuple(f"images_{i:03d}" for i in range(1, 13))
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message names the key and its origin."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are split and prepared."""
+
+    source: str
+    """``sample`` (the bundled NIH sample), ``archive`` (a local Kaggle-layout ZIP) or
+    ``folder`` (an extracted Kaggle-layout tree)."""
+    path: str
+    """The archive file or folder for ``archive``/``folder``; empty for ``sample``."""
+    stages: tuple[str, ...]
+    """NIH stages to use (``images_001`` .. ``images_012``)."""
+    image_size: int
+    """Side of the square, single-channel training images in pixels."""
+    split: tuple[float, float, float]
+    """Train/validation/test fractions of *patients* when no official split list exists."""
+    official_split: bool
+    """Use NIH's ``train_val_list.txt``/``test_list.txt`` when the archive has them."""
+    split_seed: int
+    """Seed of the patient split."""
+    num_threads: int
+    """Decoding threads of the input pipeline."""
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """U-Net trained as a (coarse-noise) denoising autoencoder."""
+
+    widths: tuple[int, ...]
+    """Channels per resolution level; the last one is the bottleneck."""
+    groups: int
+    """GroupNorm groups."""
+    mode: str
+    """``denoising`` (coarse noise, Kascenas et al. 2022) or ``reconstruction``."""
+    noise_resolution: int
+    """Side of the low-resolution Gaussian noise grid before bilinear upsampling."""
+    noise_std: float
+    """Standard deviation of the coarse noise."""
+    learning_rate: float
+    """Adam learning rate."""
+
+
+@dataclass(frozen=True)
+class RAConfig:
+    """Reversed Autoencoder (Bercea et al., MIDL 2023): a Soft-IntroVAE with residual blocks."""
+
+    widths: tuple[int, ...]
+    """Encoder channels per level (paper: 64, 128, 256, 512, 512)."""
+    zdim: int
+    """Latent dimension."""
+    beta_rec: float
+    beta_kl: float
+    beta_neg: float
+    gamma_r: float
+    embedding_weight: float
+    """Weight of the reversed multi-scale embedding loss in the encoder loss."""
+    saliency_sigma: float
+    """Gaussian smoothing (pixels) of the encoder-discrepancy saliency map."""
+    learning_rate: float
+    """Adam learning rate of both the encoder and the decoder optimiser."""
+
+
+@dataclass(frozen=True)
+class AEConfig:
+    """Plain convolutional autoencoder with a dense bottleneck."""
+
+    widths: tuple[int, ...]
+    """Channels of the strided-conv encoder levels (mirrored by the decoder)."""
+    latent_dim: int
+    """Size of the dense bottleneck."""
+    learning_rate: float
+    """Adam learning rate."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model family to train, and the hyper-parameters of each family."""
+
+    name: str
+    unet: UNetConfig
+    ra: RAConfig
+    ae: AEConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int
+    batch_size: int
+    seed: int
+    max_steps: int
+    """Stop after this many optimiser steps in total; 0 means no limit."""
+    log_every: int
+    """Write a line to ``metrics.jsonl`` every this many steps."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Scoring of the validation and test splits."""
+
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where results go."""
+
+    root: str
+    """Directory under which each run gets ``<model>-<stages>-<timestamp>/``."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one run."""
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    eval: EvalConfig
+    run: RunConfig
+
+
+def default_config_path() -> Path:
+    """Return the path of the packaged ``default.yaml``."""
+    return Path(str(resources.files("imgae_dx_jax") / "configs" / "default.yaml"))
+
+
+def resolve_config_file(name: str) -> Path:
+    """Find a config file by path, or by the name of a packaged config (``colab_gpu``)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    packaged = Path(str(resources.files("imgae_dx_jax") / "configs"))
+    for candidate in (packaged / name, packaged / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    available = sorted(p.stem for p in packaged.rglob("*.yaml"))
+    raise ConfigError(f"config file {name!r} not found (packaged configs: {', '.join(available)})")
+
+
+def load_config(file: str | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Build the run configuration.
+
+    Args:
+        file: optional YAML file (path or packaged config name) layered over the defaults.
+        overrides: ``key=value`` strings with dotted keys, applied last.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: naming the key, the file or ``--set``, and what is allowed.
+    """
+    default = default_config_path()
+    tree = _read_yaml(default)
+    origins = _origins(tree, str(default))
+    if file is not None:
+        path = resolve_config_file(file)
+        user = _read_yaml(path)
+        _merge(tree, user, origins, str(path), prefix="")
+    for item in overrides:
+        key, value = parse_override(item)
+        _merge(tree, _nest(key, value), origins, "--set", prefix="")
+    config = _build(Config, tree, origins, prefix="")
+    validate(config, origins)
+    return config
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``a.b=value`` into the dotted key and the YAML-parsed value."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise ConfigError(
+            f"--set {item!r}: expected key=value with a dotted key, e.g. train.epochs=3"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
+    return key, value
+
+
+def with_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
+    """Return ``config`` with dotted-key overrides applied and validated again."""
+    tree = to_dict(config)
+    origins = _origins(tree, "defaults")
+    for key, value in overrides.items():
+        _merge(tree, _nest(key, value), origins, "--set", prefix="")
+    new = _build(Config, tree, origins, prefix="")
+    validate(new, origins)
+    return new
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Convert a config dataclass to plain YAML-friendly dicts and lists."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            out[field.name] = to_dict(value)
+        elif isinstance(value, tuple):
+            out[field.name] = list(value)
+        else:
+            out[field.name] = value
+    return out
+
+
+def from_dict(tree: Mapping[str, Any], origin: str) -> Config:
+    """Rebuild and validate a :class:`Config` from :func:`to_dict` output (e.g. a run's YAML)."""
+    tree = dict(tree)
+    origins = _origins(tree, origin)
+    config = _build(Config, tree, origins, prefix="")
+    validate(config, origins)
+    return config
+
+
+def dump_yaml(config: Config, path: Path) -> None:
+    """Write the resolved configuration to ``path`` as YAML."""
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
+    """Check the settings that types alone cannot; raise :class:`ConfigError` on the first."""
+    origins = origins or {}
+
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{origins.get(key, 'config')}: {key}: {message}")
+
+    d, m, t = config.data, config.model, config.train
+    if m.name not in MODELS:
+        fail("model.name", f"unknown model {m.name!r}; choose one of {', '.join(MODELS)}")
+    if d.source not in SOURCES:
+        fail("data.source", f"unknown source {d.source!r}; choose one of {', '.join(SOURCES)}")
+    if d.source != "sample" and not d.path:
+        fail("data.source", f"source {d.source!r} needs data.path (--data) to be set")
+    if not d.stages:
+        fail("data.stages", "at least one stage is needed (e.g. images_001, or all)")
+    for stage in d.stages:
+        if stage not in STAGES:
+            fail("data.stages", f"unknown stage {stage!r}; stages are images_001 .. images_012")
+    if len(d.split) != 3 or any(f < 0 for f in d.split) or abs(sum(d.split) - 1) > 1e-6:
+        fail("data.split", f"three non-negative fractions summing to 1 expected, got {d.split}")
+    if min(d.split) <= 0:
+        fail("data.split", "every split needs a positive fraction of patients")
+    if d.num_threads < 1:
+        fail("data.num_threads", "must be >= 1")
+    depth = _downsamplings(m)
+    if d.image_size < 16 or d.image_size % (2**depth):
+        fail(
+            "data.image_size",
+            f"{d.image_size} must be >= 16 and divisible by 2^{depth} = {2**depth} "
+            f"(the {m.name} model downsamples {depth} times)",
+        )
+    for family in MODELS:
+        widths = getattr(m, family).widths
+        if not widths or any(w < 1 for w in widths):
+            fail(f"model.{family}.widths", "a non-empty list of positive channel counts expected")
+        if getattr(m, family).learning_rate <= 0:
+            fail(f"model.{family}.learning_rate", "must be > 0")
+    if m.unet.mode not in UNET_MODES:
+        fail("model.unet.mode", f"unknown mode {m.unet.mode!r}; choose {', '.join(UNET_MODES)}")
+    for w in m.unet.widths:
+        if w % m.unet.groups:
+            fail("model.unet.groups", f"{m.unet.groups} groups do not divide {w} channels")
+    if not 1 <= m.unet.noise_resolution <= d.image_size:
+        fail("model.unet.noise_resolution", f"must be between 1 and the image size {d.image_size}")
+    if m.ae.latent_dim < 1 or m.ra.zdim < 1:
+        fail("model.ae.latent_dim" if m.ae.latent_dim < 1 else "model.ra.zdim", "must be >= 1")
+    for key, value in (
+        ("train.epochs", t.epochs),
+        ("train.batch_size", t.batch_size),
+        ("train.log_every", t.log_every),
+        ("eval.batch_size", config.eval.batch_size),
+    ):
+        if value < 1:
+            fail(key, "must be >= 1")
+    if t.max_steps < 0:
+        fail("train.max_steps", "must be >= 0 (0 = no limit)")
+
+
+def _downsamplings(model: ModelConfig) -> int:
+    """Number of factor-2 downsamplings of the selected model."""
+    if model.name == "unet":
+        return len(model.unet.widths) - 1
+    if model.name == "ra":
+        return len(model.ra.widths)
+    return len(model.ae.widths)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return loaded
+
+
+def _origins(tree: Mapping[str, Any], origin: str, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        out[dotted] = origin
+        if isinstance(value, Mapping):
+            out.update(_origins(value, origin, f"{dotted}."))
+    return out
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    for part in reversed(dotted.split(".")):
+        value = {part: value}
+    return value
+
+
+def _merge(
+    tree: dict[str, Any],
+    update: Mapping[str, Any],
+    origins: dict[str, str],
+    origin: str,
+    prefix: str,
+) -> None:
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in tree:
+            section = prefix.rstrip(".") or "the top level"
+            allowed = ", ".join(sorted(tree))
+            raise ConfigError(f"{origin}: unknown key {dotted!r} (allowed in {section}: {allowed})")
+        if isinstance(tree[key], dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"{origin}: {dotted}: expected a section (mapping), got {value!r}"
+                )
+            _merge(tree[key], value, origins, origin, f"{dotted}.")
+        else:
+            tree[key] = value
+            origins[dotted] = origin
+
+
+def _build(cls: type, tree: Mapping[str, Any], origins: Mapping[str, str], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in tree:
+        if key not in names:
+            origin = origins.get(f"{prefix}{key}", "config")
+            raise ConfigError(
+                f"{origin}: unknown key {prefix}{key!r} (allowed: {', '.join(sorted(names))})"
+            )
+    for field in dataclasses.fields(cls):
+        dotted = f"{prefix}{field.name}"
+        if field.name not in tree:
+            raise ConfigError(
+                f"{origins.get(prefix.rstrip('.'), 'config')}: missing key {dotted!r}"
+            )
+        value = tree[field.name]
+        hint = hints[field.name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{origins.get(dotted, 'config')}: {dotted}: expected a section")
+            kwargs[field.name] = _build(hint, value, origins, f"{dotted}.")  # type: ignore[arg-type]
+        else:
+            kwargs[field.name] = _coerce(value, hint, dotted, origins.get(dotted, "config"))
+    return cls(**kwargs)
+
+
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{origin}: {key}: expected {expected}, got {value!r}")
+
+    origin_type = typing.get_origin(hint)
+    if origin_type is tuple:
+        args = typing.get_args(hint)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            value = [value] if not isinstance(value, str) else [v for v in value.split(",") if v]
+        if not isinstance(value, list | tuple):
+            raise bad("a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key, origin) for v in value)
+        if len(value) != len(args):
+            raise bad(f"a list of {len(args)} values")
+        return tuple(_coerce(v, a, key, origin) for v, a in zip(value, args, strict=True))
+    if isinstance(hint, types.UnionType):
+        raise TypeError(f"unsupported config type {hint}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            return int(value)
+        raise bad("an integer")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML reads 1e-4 (no dot) as a string
+        raise bad("a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise bad("a string")
+    raise TypeError(f"unsupported config type {hint}")

@@ -1,0 +1,480 @@
+"""Evaluation metrics for image-level anomaly scores and pixel-level anomaly maps.
+
+Conventions used throughout:
+
+* ``labels`` are 1 for abnormal and 0 for normal images; ``scores`` are anomaly scores where a
+  higher value means more abnormal.
+* The prediction rule is *abnormal iff score >= threshold*. Curve-based metrics evaluate every
+  distinct observed score as a threshold.
+* A metric that is undefined for the given data (for example AUROC when only one class is
+  present) raises :class:`ValueError` with a message saying why, instead of returning NaN.
+
+The threshold for a test split must be chosen on validation data with :func:`select_threshold`
+and passed to :func:`image_metrics`; the ``best_f1`` that :func:`image_metrics` also reports is
+an oracle computed on the test labels and must not be read as an achievable operating point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.stats import norm
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+"""A metric of ``(labels, scores)`` such as :func:`roc_auc`."""
+
+
+def _labels_scores(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert labels and scores to 1-D ``int64`` / ``float64`` arrays."""
+    y = np.asarray(labels)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.ndim != 1 or s.ndim != 1:
+        raise ValueError(f"labels and scores must be 1-D, got shapes {y.shape} and {s.shape}")
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length: {y.size} vs {s.size}")
+    if y.size == 0:
+        raise ValueError("labels and scores are empty")
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError("labels must be 0 (normal) or 1 (abnormal)")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores must be finite (no NaN or inf)")
+    return y.astype(np.int64), s
+
+
+def _both_classes(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`_labels_scores`, but also require at least one image of each class."""
+    y, s = _labels_scores(labels, scores)
+    n_abnormal = int(y.sum())
+    if n_abnormal in (0, y.size):
+        only = "abnormal" if n_abnormal else "normal"
+        raise ValueError(
+            f"metric undefined: only {only} images present ({y.size} images); "
+            "need both normal (0) and abnormal (1) labels"
+        )
+    return y, s
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    """Return 1-based ranks of ``x`` with tied values given the mean of their ranks."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    n = xs.size
+    boundaries = np.flatnonzero(xs[1:] != xs[:-1]) + 1
+    starts = np.concatenate(([0], boundaries))
+    ends = np.concatenate((boundaries, [n]))
+    ranks = np.empty(n, dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def _counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cumulative true/false positives at every distinct score used as a threshold.
+
+    Returns:
+        ``(thresholds, tp, fp)``: distinct scores in decreasing order and, for each, the number
+        of abnormal and normal images with ``score >= threshold``.
+
+    """
+    order = np.argsort(-s, kind="stable")
+    s_sorted = s[order]
+    last = np.concatenate((np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), [s.size - 1]))
+    tp = np.cumsum(y[order])[last]
+    fp = last + 1 - tp
+    return s_sorted[last], tp, fp
+
+
+def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Area under the ROC curve (the Mann-Whitney statistic; ties count one half).
+
+    Args:
+        labels: 1 for abnormal, 0 for normal, one per image.
+        scores: anomaly scores, higher meaning more abnormal.
+
+    Returns:
+        The probability that a random abnormal image scores above a random normal one.
+
+    Raises:
+        ValueError: if the inputs are malformed or only one class is present.
+
+    """
+    y, s = _both_classes(labels, scores)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    rank_sum = float(_midranks(s)[y == 1].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def average_precision(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Area under the precision-recall curve as a step sum (AUPRC).
+
+    Same definition as ``sklearn.metrics.average_precision_score``:
+    ``sum_k (R_k - R_{k-1}) * P_k`` over the distinct thresholds in decreasing order, without
+    interpolation.
+
+    Args:
+        labels: 1 for abnormal, 0 for normal, one per image.
+        scores: anomaly scores, higher meaning more abnormal.
+
+    Returns:
+        The average precision, in ``[0, 1]``.
+
+    Raises:
+        ValueError: if the inputs are malformed or only one class is present.
+
+    """
+    y, s = _both_classes(labels, scores)
+    _, tp, fp = _counts(y, s)
+    recall = tp / y.sum()
+    precision = tp / (tp + fp)
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def fpr_at_tpr(labels: ArrayLike, scores: ArrayLike, tpr: float = 0.95) -> float:
+    """False-positive rate at the first threshold whose true-positive rate reaches ``tpr``.
+
+    Args:
+        labels: 1 for abnormal, 0 for normal, one per image.
+        scores: anomaly scores, higher meaning more abnormal.
+        tpr: the required sensitivity, in ``(0, 1]``.
+
+    Returns:
+        The lowest FPR among the thresholds with TPR >= ``tpr`` (no interpolation).
+
+    Raises:
+        ValueError: if ``tpr`` is outside ``(0, 1]``, the inputs are malformed or only one
+            class is present.
+
+    """
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    y, s = _both_classes(labels, scores)
+    _, tp, fp = _counts(y, s)
+    # TPR and FPR both grow as the threshold falls, so the first qualifying threshold is best.
+    first = int(np.argmax(tp / y.sum() >= tpr))
+    return float(fp[first] / (y.size - y.sum()))
+
+
+def best_f1(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
+    """Highest F1 over all thresholds, and the threshold that reaches it.
+
+    Every distinct observed score is tried as a threshold (abnormal iff score >= threshold).
+    Among thresholds with equal F1 the lowest (most sensitive) one is returned.
+
+    Args:
+        labels: 1 for abnormal, 0 for normal, one per image.
+        scores: anomaly scores, higher meaning more abnormal.
+
+    Returns:
+        ``(f1, threshold)``; the threshold is one of the observed scores.
+
+    Raises:
+        ValueError: if the inputs are malformed or only one class is present.
+
+    """
+    y, s = _both_classes(labels, scores)
+    thresholds, tp, fp = _counts(y, s)
+    f1 = 2.0 * tp / (tp + fp + y.sum())  # 2TP / (2TP + FP + FN), as TP + FN = positives
+    best = f1.size - 1 - int(np.argmax(f1[::-1]))  # last maximum = lowest threshold
+    return float(f1[best]), float(thresholds[best])
+
+
+def select_threshold(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Choose the operating threshold on validation data: the one maximising F1.
+
+    Call this on the validation split and apply the result unchanged to the test split (via
+    :func:`image_metrics` or :func:`rates_at`), so that test metrics are not tuned on test
+    labels. Ties are broken towards the lowest threshold, as in :func:`best_f1`.
+
+    Args:
+        labels: validation labels, 1 for abnormal, 0 for normal.
+        scores: validation anomaly scores, higher meaning more abnormal.
+
+    Returns:
+        The threshold (an observed validation score); predict abnormal iff score >= it.
+
+    Raises:
+        ValueError: if the inputs are malformed or only one class is present.
+
+    """
+    return best_f1(labels, scores)[1]
+
+
+def rates_at(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, float]:
+    """Confusion-matrix rates when predicting abnormal iff ``score >= threshold``.
+
+    Args:
+        labels: 1 for abnormal, 0 for normal, one per image.
+        scores: anomaly scores, higher meaning more abnormal.
+        threshold: the decision threshold, usually from :func:`select_threshold`.
+
+    Returns:
+        ``sensitivity`` (TPR), ``specificity`` (TNR), ``precision`` (0.0 when no image is
+        predicted abnormal), ``f1`` and ``accuracy``, as Python floats.
+
+    Raises:
+        ValueError: if ``threshold`` is NaN, the inputs are malformed or only one class is
+            present.
+
+    """
+    if np.isnan(threshold):
+        raise ValueError("threshold is NaN")
+    y, s = _both_classes(labels, scores)
+    predicted = s >= threshold
+    tp = int(np.sum(predicted & (y == 1)))
+    fp = int(np.sum(predicted & (y == 0)))
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    fn = n_pos - tp
+    tn = n_neg - fp
+    return {
+        "sensitivity": tp / n_pos,
+        "specificity": tn / n_neg,
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn),
+        "accuracy": (tp + tn) / y.size,
+    }
+
+
+def image_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, Any]:
+    """All image-level metrics for a test split, at a threshold chosen on validation data.
+
+    Args:
+        labels: test labels, 1 for abnormal, 0 for normal.
+        scores: test anomaly scores, higher meaning more abnormal.
+        threshold: operating threshold from :func:`select_threshold` on the validation split.
+
+    Returns:
+        A JSON-serialisable dict of Python scalars: ``auroc``, ``auprc``, ``fpr_at_95_tpr``;
+        ``best_f1``, an *oracle* F1 with its threshold tuned on these test labels (an upper
+        bound, not an achievable result); ``threshold`` (the one given) with the ``f1``,
+        ``sensitivity``, ``specificity`` and ``precision`` it achieves on this split; and the
+        class counts ``n_normal`` and ``n_abnormal``.
+
+    Raises:
+        ValueError: if the inputs are malformed or only one class is present.
+
+    """
+    y, s = _both_classes(labels, scores)
+    rates = rates_at(y, s, threshold)
+    n_abnormal = int(y.sum())
+    return {
+        "auroc": roc_auc(y, s),
+        "auprc": average_precision(y, s),
+        "fpr_at_95_tpr": fpr_at_tpr(y, s, 0.95),
+        "best_f1": best_f1(y, s)[0],
+        "threshold": float(threshold),
+        "f1": rates["f1"],
+        "sensitivity": rates["sensitivity"],
+        "specificity": rates["specificity"],
+        "precision": rates["precision"],
+        "n_normal": y.size - n_abnormal,
+        "n_abnormal": n_abnormal,
+    }
+
+
+def bootstrap_ci(
+    labels: ArrayLike,
+    scores: ArrayLike,
+    groups: ArrayLike,
+    metric: Metric,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile confidence interval of a metric from a patient-level stratified bootstrap.
+
+    Images of one patient are correlated, so whole patients are resampled with replacement and
+    each drawn patient contributes all of their images. Patients are split into two strata --
+    those with at least one abnormal image and those with none -- and each stratum is resampled
+    to its own size, so every resample contains both classes.
+
+    Args:
+        labels: 1 for abnormal, 0 for normal, one per image.
+        scores: anomaly scores, higher meaning more abnormal.
+        groups: patient identifier of each image (any comparable values).
+        metric: ``metric(labels, scores) -> float``, e.g. :func:`roc_auc`.
+        n_resamples: number of bootstrap resamples.
+        seed: seed of the random generator; the same seed gives the same interval.
+        confidence: coverage of the two-sided interval, in ``(0, 1)``.
+
+    Returns:
+        ``(low, high)``, the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles
+        of the metric over the resamples.
+
+    Raises:
+        ValueError: if an argument is out of range, ``groups`` does not match the images, only
+            one class is present, or every patient has an abnormal image.
+
+    """
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    y, s = _both_classes(labels, scores)
+    g = np.asarray(groups)
+    if g.shape != y.shape:
+        raise ValueError(f"groups must give one patient per image: shape {g.shape} vs {y.shape}")
+    _, patient = np.unique(g, return_inverse=True)
+    # Images ordered by patient: patient p owns by_patient[start[p] : start[p] + size[p]].
+    by_patient = np.argsort(patient, kind="stable")
+    size = np.bincount(patient)
+    start = np.concatenate(([0], np.cumsum(size)[:-1]))
+    abnormal = np.bincount(patient, weights=y) > 0
+    if abnormal.all():
+        raise ValueError(
+            "stratified bootstrap needs patients without abnormal images; every patient has one"
+        )
+    strata = [np.flatnonzero(abnormal), np.flatnonzero(~abnormal)]
+
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_resamples, dtype=np.float64)
+    for i in range(n_resamples):
+        drawn = np.concatenate([rng.choice(stratum, size=stratum.size) for stratum in strata])
+        counts = size[drawn]
+        # Offset of each image within its patient's block, then the block's start.
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        images = by_patient[np.repeat(start[drawn], counts) + within]
+        values[i] = metric(y[images], s[images])
+    alpha = 1.0 - confidence
+    low, high = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(low), float(high)
+
+
+def delong_test(labels: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike) -> dict[str, float]:
+    """Paired DeLong test of the AUROC difference of two models scored on the same images.
+
+    Uses the structural components of DeLong, DeLong & Clarke-Pearson (1988), computed with the
+    midrank algorithm of Sun & Xu (2014) in ``O(n log n)``. When the difference has zero
+    estimated variance the test is degenerate: ``z = 0, p = 1`` if the AUROCs are equal,
+    otherwise ``z = ±inf, p = 0``.
+
+    Args:
+        labels: 1 for abnormal, 0 for normal, one per image.
+        scores_a: anomaly scores of model A.
+        scores_b: anomaly scores of model B on the same images, in the same order.
+
+    Returns:
+        ``auroc_a``, ``auroc_b``, ``diff`` (A - B), ``ci_low`` and ``ci_high`` (95% normal
+        confidence interval of ``diff``), ``z`` and the two-sided ``p_value``.
+
+    Raises:
+        ValueError: if the inputs are malformed or there are fewer than two images of a class.
+
+    """
+    y, a = _both_classes(labels, scores_a)
+    _, b = _both_classes(y, scores_b)
+    pos, neg = y == 1, y == 0
+    m, n = int(pos.sum()), int(neg.sum())
+    if m < 2 or n < 2:
+        raise ValueError(f"DeLong test needs >= 2 images per class, got {m} abnormal, {n} normal")
+    v10 = np.empty((2, m))
+    v01 = np.empty((2, n))
+    auc = np.empty(2)
+    for k, s in enumerate((a, b)):
+        x_rank, y_rank, z_rank = _midranks(s[pos]), _midranks(s[neg]), _midranks(s)
+        auc[k] = (z_rank[pos].sum() - m * (m + 1) / 2.0) / (m * n)
+        v10[k] = (z_rank[pos] - x_rank) / n
+        v01[k] = 1.0 - (z_rank[neg] - y_rank) / m
+    cov = np.cov(v10) / m + np.cov(v01) / n
+    var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
+    diff = float(auc[0] - auc[1])
+    if var > 0.0:
+        sd = float(np.sqrt(var))
+        z = diff / sd
+        p_value = float(2.0 * norm.sf(abs(z)))
+    else:
+        sd = 0.0
+        z = 0.0 if diff == 0.0 else float(np.copysign(np.inf, diff))
+        p_value = 1.0 if diff == 0.0 else 0.0
+    half_width = float(norm.ppf(0.975)) * sd
+    return {
+        "auroc_a": float(auc[0]),
+        "auroc_b": float(auc[1]),
+        "diff": diff,
+        "ci_low": diff - half_width,
+        "ci_high": diff + half_width,
+        "z": float(z),
+        "p_value": p_value,
+    }
+
+
+def _box_mask(shape: tuple[int, int], box: Sequence[float]) -> np.ndarray | None:
+    """Pixels of a map that overlap an ``(x, y, w, h)`` box, or None if the clipped box is empty.
+
+    ``x`` runs along columns and ``y`` along rows; a pixel ``(r, c)`` covers ``[c, c + 1) x
+    [r, r + 1)``, and every pixel overlapping the clipped box with positive area is inside.
+    """
+    height, width = shape
+    x, y, w, h = (float(v) for v in box)
+    x0, x1 = max(x, 0.0), min(x + w, float(width))
+    y0, y1 = max(y, 0.0), min(y + h, float(height))
+    if not (x1 > x0 and y1 > y0):
+        return None
+    mask = np.zeros(shape, dtype=bool)
+    mask[int(np.floor(y0)) : int(np.ceil(y1)), int(np.floor(x0)) : int(np.ceil(x1))] = True
+    return mask
+
+
+def localization_metrics(
+    maps: Sequence[ArrayLike] | np.ndarray, boxes: Sequence[Sequence[Sequence[float]]]
+) -> dict[str, Any]:
+    """Localisation quality of anomaly maps against ground-truth bounding boxes.
+
+    Boxes partly outside a map are clipped to it; a box with no area left after clipping is
+    not usable and is only counted. Images with no usable box are left out of both metrics.
+
+    Args:
+        maps: one 2-D ``[H, W]`` anomaly map per image (sizes may differ), higher = more
+            abnormal.
+        boxes: per image, a sequence of ``(x, y, w, h)`` boxes in that map's pixel coordinates
+            (``x`` along columns, ``y`` along rows).
+
+    Returns:
+        ``pixel_auroc``: AUROC of the map values pooled over the images, pixels inside any box
+        being positive and all other pixels negative; ``pointing_game``: the fraction of images
+        whose map maximum (first in row-major order on ties) lies inside one of its boxes;
+        ``n_images`` (images used), ``n_boxes`` (usable boxes) and ``n_boxes_unusable``.
+
+    Raises:
+        ValueError: if ``maps`` and ``boxes`` differ in length, a map is not 2-D or not finite,
+            no image has a usable box, or the boxes cover every pixel.
+
+    """
+    if len(maps) != len(boxes):
+        raise ValueError(f"got {len(maps)} maps but {len(boxes)} box lists")
+    values: list[np.ndarray] = []
+    inside: list[np.ndarray] = []
+    hits = n_images = n_boxes = n_unusable = 0
+    for index, (raw, image_boxes) in enumerate(zip(maps, boxes, strict=True)):
+        amap = np.asarray(raw, dtype=np.float64)
+        if amap.ndim != 2:
+            raise ValueError(f"map {index} must be 2-D [H, W], got shape {amap.shape}")
+        if not np.all(np.isfinite(amap)):
+            raise ValueError(f"map {index} has non-finite values")
+        masks = [_box_mask(amap.shape, box) for box in image_boxes]
+        usable = [mask for mask in masks if mask is not None]
+        n_unusable += len(masks) - len(usable)
+        if not usable:
+            continue
+        union = np.logical_or.reduce(usable)
+        n_images += 1
+        n_boxes += len(usable)
+        hits += bool(union.flat[int(np.argmax(amap))])
+        values.append(amap.ravel())
+        inside.append(union.ravel())
+    if not n_images:
+        raise ValueError("no image has a usable box (all boxes empty after clipping)")
+    pixels_inside = np.concatenate(inside)
+    if pixels_inside.all():
+        raise ValueError("pixel AUROC undefined: the boxes cover every pixel of every map")
+    return {
+        "pixel_auroc": roc_auc(pixels_inside.astype(np.int64), np.concatenate(values)),
+        "pointing_game": hits / n_images,
+        "n_images": n_images,
+        "n_boxes": n_boxes,
+        "n_boxes_unusable": n_unusable,
+    }

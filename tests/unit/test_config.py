@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+
+from imgae_dx_jax.config import ConfigError, from_dict, load_config, parse_override, to_dict
+
+
+def test_defaults_load_and_round_trip():
+    config = load_config()
+    assert config.model.name == "unet"
+    assert config.data.stages == ("images_001",)
+    assert config.model.unet.widths == (32, 64, 128, 256)
+    assert from_dict(to_dict(config), "test") == config
+
+
+def test_overrides_apply_in_order_and_coerce_types():
+    config = load_config(
+        overrides=[
+            "train.epochs=3",
+            "model.ra.learning_rate=1e-4",
+            "data.stages=[images_001,images_002]",
+        ]
+    )
+    assert config.train.epochs == 3
+    # YAML reads 1e-4 (no dot) as a string; numeric strings are accepted for floats.
+    assert config.model.ra.learning_rate == pytest.approx(1e-4)
+    assert config.data.stages == ("images_001", "images_002")
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("train.epoch=3", "unknown key 'train.epoch'"),
+        ("train.epochs=three", "train.epochs: expected an integer"),
+        ("model.ra.beta_kl=lots", "model.ra.beta_kl: expected a number"),
+        ("data.image_size=60", "divisible by 2^3"),
+        ("model.name=vae", "unknown model 'vae'"),
+        ("data.stages=[images_013]", "unknown stage 'images_013'"),
+        ("data.source=archive", "needs data.path"),
+        ("data.split=[0.5,0.5]", "data.split"),
+    ],
+)
+def test_bad_overrides_name_the_key_and_origin(override, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert fragment in str(info.value)
+    assert "--set" in str(info.value)
+
+
+def test_bad_file_names_the_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  batchsize: 8\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert str(path) in str(info.value) and "train.batchsize" in str(info.value)
+
+
+def test_user_file_layers_over_defaults(tmp_path):
+    path = tmp_path / "ra.yaml"
+    path.write_text("model:\n  name: ra\ntrain:\n  epochs: 2\n")
+    config = load_config(str(path), ["train.epochs=4"])
+    assert (config.model.name, config.train.epochs, config.train.batch_size) == ("ra", 4, 16)
+
+
+def test_parse_override_rejects_missing_equals():
+    with pytest.raises(ConfigError):
+        parse_override("train.epochs")
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
