@@ -1,0 +1,109 @@
+"""Reversed Autoencoder (RA; Bercea et al., MIDL 2023, github.com/ci-ber/RA).
+
+RA is a Soft-IntroVAE with residual blocks whose encoder is also trained to map the
+(detached) reconstruction to the same multi-scale embeddings as the input (the "reversed"
+embedding loss, see :mod:`imgae_dx_jax.objectives`). There are no skip connections between
+encoder and decoder.
+
+Encoder: conv5x5 1->widths[0], BatchNorm, LeakyReLU(0.2), AvgPool2; then one residual block per
+remaining width, each followed by AvgPool2 (``len(widths)`` poolings in total); a last residual
+block; flatten; a linear layer to ``2 * zdim`` (mu, logvar). The activations after each pooling
+are returned as the multi-scale embeddings. The decoder mirrors it: linear zdim ->
+``widths[-1] * s * s`` and ReLU (``s = image_size / 2**len(widths)``), one residual block per
+reversed width each followed by nearest x2 upsampling, a residual block at ``widths[0]``,
+conv5x5 to one channel and a sigmoid.
+
+Deviation from the paper at test time: the paper's anomaly map is
+``|CLAHE(x_hat) - CLAHE(x)|`` weighted by a smoothed LPIPS saliency map. Pretrained LPIPS
+weights cannot ship offline, so :mod:`imgae_dx_jax.scoring` weights the plain residual
+``|x - x_hat|`` (no CLAHE) by a saliency built from this encoder's own multi-scale embedding
+discrepancy between ``x`` and ``x_hat``; ``x_hat`` is decoded from ``mu``, not a sample.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from imgae_dx_jax.models.layers import (
+    ResidualBlock,
+    avg_pool2,
+    batch_norm,
+    leaky_relu,
+    upsample_nearest2,
+)
+
+
+class RAEncoder(nnx.Module):
+    """RA encoder: image -> (mu, logvar, multi-scale embeddings)."""
+
+    def __init__(self, widths: Sequence[int], zdim: int, image_size: int, *, rngs: nnx.Rngs):
+        widths = tuple(widths)
+        self.stem = nnx.Conv(1, widths[0], (5, 5), use_bias=False, rngs=rngs)
+        self.stem_bn = batch_norm(widths[0], rngs=rngs)
+        self.blocks = nnx.List(
+            [ResidualBlock(c_in, c_out, rngs=rngs) for c_in, c_out in itertools.pairwise(widths)]
+        )
+        self.last = ResidualBlock(widths[-1], widths[-1], rngs=rngs)
+        side = image_size // 2 ** len(widths)
+        self.fc = nnx.Linear(widths[-1] * side * side, 2 * zdim, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
+        """Encode ``x`` [B, H, W, 1] to ``mu``, ``logvar`` [B, zdim] and the embeddings.
+
+        The embeddings are the activations after each of the ``len(widths)`` poolings,
+        from the finest ([B, H/2, W/2, widths[0]]) to the coarsest scale.
+        """
+        h = avg_pool2(leaky_relu(self.stem_bn(self.stem(x))))
+        embeddings = [h]
+        for block in self.blocks:
+            h = avg_pool2(block(h))
+            embeddings.append(h)
+        h = self.last(h)
+        mu, logvar = jnp.split(self.fc(h.reshape(h.shape[0], -1)), 2, axis=-1)
+        return mu, logvar, embeddings
+
+
+class RADecoder(nnx.Module):
+    """RA decoder: latent [B, zdim] -> image [B, H, W, 1] in [0, 1]."""
+
+    def __init__(self, widths: Sequence[int], zdim: int, image_size: int, *, rngs: nnx.Rngs):
+        widths = tuple(widths)
+        self.side = image_size // 2 ** len(widths)
+        self.fc = nnx.Linear(zdim, widths[-1] * self.side * self.side, rngs=rngs)
+        reversed_widths = widths[::-1]
+        self.blocks = nnx.List(
+            [
+                ResidualBlock(c_in, c_out, rngs=rngs)
+                for c_in, c_out in zip(
+                    (widths[-1], *reversed_widths[:-1]), reversed_widths, strict=True
+                )
+            ]
+        )
+        self.last = ResidualBlock(widths[0], widths[0], rngs=rngs)
+        self.head = nnx.Conv(widths[0], 1, (5, 5), rngs=rngs)
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        """Decode ``z`` [B, zdim] to an image [B, H, W, 1]."""
+        h = jax.nn.relu(self.fc(z)).reshape(z.shape[0], self.side, self.side, -1)
+        for block in self.blocks:
+            h = upsample_nearest2(block(h))
+        return jax.nn.sigmoid(self.head(self.last(h)))
+
+
+class ReversedAutoencoder(nnx.Module):
+    """The RA model: an :class:`RAEncoder` and an :class:`RADecoder`, trained separately."""
+
+    def __init__(self, widths: Sequence[int], zdim: int, image_size: int, *, rngs: nnx.Rngs):
+        self.zdim = zdim
+        self.encoder = RAEncoder(widths, zdim, image_size, rngs=rngs)
+        self.decoder = RADecoder(widths, zdim, image_size, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Deterministic reconstruction ``D(mu(x))`` of ``x`` [B, H, W, 1]."""
+        mu, _, _ = self.encoder(x)
+        return self.decoder(mu)

@@ -1,0 +1,105 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from imgae_dx_jax.config import load_config
+from imgae_dx_jax.models import Autoencoder, ReversedAutoencoder, UNet, create_model
+
+SIZE = 16
+SMALL = {
+    "unet": ["model.unet.widths=[8,16]", "model.unet.groups=4"],
+    "ra": ["model.ra.widths=[8,16]", "model.ra.zdim=8"],
+    "ae": ["model.ae.widths=[8,16]", "model.ae.latent_dim=8"],
+}
+# Parameter counts at the default widths for 64x64 images. The U-Net count matches the
+# PyTorch reference; RA and AE grow with the image size through their dense layers.
+DEFAULT_PARAMS = {"unet": 1_927_841, "ra": 6_967_937, "ae": 921_329}
+
+
+def n_params(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def small_model(name: str, size: int = SIZE):
+    cfg = load_config(overrides=[f"model.name={name}", f"data.image_size={size}", *SMALL[name]])
+    return create_model(cfg.model, size, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"), [("unet", UNet), ("ra", ReversedAutoencoder), ("ae", Autoencoder)]
+)
+def test_output_shape_and_range(name, cls):
+    model = small_model(name)
+    assert isinstance(model, cls)
+    x = jax.random.uniform(jax.random.key(0), (2, SIZE, SIZE, 1))
+    y = nnx.jit(lambda m, x: m(x))(model, x)
+    assert y.shape == (2, SIZE, SIZE, 1)
+    assert y.dtype == jnp.float32
+    assert bool(jnp.all((y >= 0) & (y <= 1)))
+
+
+@pytest.mark.parametrize("name", ["unet", "ra", "ae"])
+def test_default_parameter_counts(name):
+    cfg = load_config(overrides=[f"model.name={name}", "data.image_size=64"])
+    # Abstract initialisation: shapes only, no compute.
+    model = nnx.eval_shape(lambda: create_model(cfg.model, 64, rngs=nnx.Rngs(0)))
+    assert n_params(model) == DEFAULT_PARAMS[name]
+    if name == "unet":
+        assert 1_920_000 < n_params(model) < 1_940_000  # ~1.93M, as the PyTorch reference
+    out = nnx.eval_shape(lambda m, x: m(x), model, jnp.zeros((1, 64, 64, 1)))
+    assert out.shape == (1, 64, 64, 1)
+
+
+def test_ra_encoder_outputs_and_embeddings():
+    model = small_model("ra")
+    x = jnp.zeros((3, SIZE, SIZE, 1))
+    mu, logvar, embeddings = nnx.eval_shape(lambda m, x: m.encoder(x), model, x)
+    assert mu.shape == logvar.shape == (3, 8)
+    # One embedding after each of the len(widths) poolings.
+    assert [e.shape for e in embeddings] == [(3, 8, 8, 8), (3, 4, 4, 16)]
+    assert nnx.eval_shape(lambda m, z: m.decoder(z), model, mu).shape == (3, SIZE, SIZE, 1)
+
+
+def test_ra_has_no_encoder_decoder_skips():
+    # The eval reconstruction depends on the input only through mu: D(mu(x)).
+    model = small_model("ra")
+    model.eval()
+    x = jax.random.uniform(jax.random.key(0), (2, SIZE, SIZE, 1))
+
+    @nnx.jit
+    def both(model, x):
+        mu, _, _ = model.encoder(x)
+        return model(x), model.decoder(mu)
+
+    y, y_mu = both(model, x)
+    assert jnp.allclose(y, y_mu)
+
+
+def test_ae_bottleneck():
+    model = small_model("ae")
+    z = nnx.eval_shape(lambda m, x: m.encode(x), model, jnp.zeros((2, SIZE, SIZE, 1)))
+    assert z.shape == (2, 8)
+    assert nnx.eval_shape(lambda m, z: m.decode(z), model, z).shape == (2, SIZE, SIZE, 1)
+
+
+def test_unet_other_depth():
+    cfg = load_config(overrides=["model.unet.widths=[8,16,16,32]", "model.unet.groups=2"])
+    model = nnx.eval_shape(lambda: create_model(cfg.model, 32, rngs=nnx.Rngs(0)))
+    out = nnx.eval_shape(lambda m, x: m(x), model, jnp.zeros((1, 32, 32, 1)))
+    assert out.shape == (1, 32, 32, 1)
+
+
+def test_same_seed_same_parameters():
+    a, b = small_model("ra"), small_model("ra")
+    leaves_a = jax.tree.leaves(nnx.state(a, nnx.Param))
+    leaves_b = jax.tree.leaves(nnx.state(b, nnx.Param))
+    assert all(bool(jnp.array_equal(x, y)) for x, y in zip(leaves_a, leaves_b, strict=True))
+
+
+def test_unknown_model_name():
+    cfg = dataclasses.replace(load_config().model, name="vae")
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model(cfg, 64, rngs=nnx.Rngs(0))

@@ -1,0 +1,65 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from imgae_dx_jax.config import load_config
+from imgae_dx_jax.models import create_model
+from imgae_dx_jax.scoring import anomaly_maps, encoder_saliency, gaussian_blur, image_scores
+
+SIZE = 16
+SMALL = {
+    "unet": ["model.unet.widths=[8,16]", "model.unet.groups=4"],
+    "ra": ["model.ra.widths=[8,16]", "model.ra.zdim=8"],
+    "ae": ["model.ae.widths=[8,16]", "model.ae.latent_dim=8"],
+}
+
+
+@pytest.mark.parametrize("name", ["unet", "ra", "ae"])
+def test_anomaly_maps(name):
+    cfg = load_config(overrides=[f"model.name={name}", f"data.image_size={SIZE}", *SMALL[name]])
+    model = create_model(cfg.model, SIZE, rngs=nnx.Rngs(0))
+    state_before = jax.tree.leaves(nnx.state(model))
+    score = nnx.jit(lambda m, x: anomaly_maps(m, x, cfg.model))
+    batch = jax.random.uniform(jax.random.key(0), (4, SIZE, SIZE, 1))
+    x_hat, maps = score(model, batch)
+    assert x_hat.shape == (4, SIZE, SIZE, 1)
+    assert maps.shape == (4, SIZE, SIZE)
+    assert maps.dtype == jnp.float32
+    assert bool(jnp.all(maps >= 0)) and bool(jnp.any(maps > 0))
+    # Deterministic, and in eval mode: an image's map does not depend on the rest of the batch
+    # (train-mode BatchNorm would make it depend on the batch statistics).
+    x_hat_again, maps_again = score(model, batch)
+    np.testing.assert_array_equal(maps, maps_again)
+    np.testing.assert_array_equal(x_hat, x_hat_again)
+    other = batch.at[1:].set(jax.random.uniform(jax.random.key(1), (3, SIZE, SIZE, 1)))
+    np.testing.assert_allclose(score(model, other)[1][0], maps[0], rtol=1e-5, atol=1e-7)
+    if name != "ra":
+        np.testing.assert_allclose(maps, jnp.abs(batch - x_hat)[..., 0], rtol=1e-6)
+    # Neither the state nor the train mode of the caller's model changed.
+    state_after = jax.tree.leaves(nnx.state(model))
+    assert all(np.array_equal(a, b) for a, b in zip(state_before, state_after, strict=True))
+    if name == "ra":
+        assert model.encoder.stem_bn.use_running_average is False
+
+
+def test_image_scores_are_map_means():
+    maps = jax.random.uniform(jax.random.key(0), (3, 8, 8))
+    np.testing.assert_allclose(image_scores(maps), np.asarray(maps).mean(axis=(1, 2)), rtol=1e-6)
+
+
+def test_saliency_is_zero_for_identical_embeddings():
+    emb = [jax.random.normal(jax.random.key(0), (2, 4, 4, 3)), jnp.ones((2, 2, 2, 5))]
+    np.testing.assert_allclose(encoder_saliency(emb, emb, (8, 8), 2.0), 0.0, atol=1e-6)
+    flipped = [-e for e in emb]
+    # Opposite directions: cosine distance 2 at every scale and pixel.
+    np.testing.assert_allclose(encoder_saliency(emb, flipped, (8, 8), 2.0), 2.0, rtol=1e-5)
+
+
+def test_gaussian_blur_matches_scipy():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    maps = jax.random.uniform(jax.random.key(0), (2, 20, 24))
+    expected = ndimage.gaussian_filter(np.asarray(maps), sigma=(0, 2.0, 2.0), mode="reflect")
+    np.testing.assert_allclose(gaussian_blur(maps, 2.0), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(gaussian_blur(maps, 0.0), maps)
