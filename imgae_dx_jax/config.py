@@ -10,6 +10,7 @@ the file (or ``--set``) and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -22,9 +23,10 @@ from typing import Any
 import yaml
 
 MODELS = ("unet", "ra", "ae")
-SOURCES = ("sample", "archive", "folder")
+SOURCES = ("sample", "archive", "folder", "url", "kaggle", "imagefolder")
 UNET_MODES = ("denoising", "reconstruction")
 STAGES = tuple(f"images_{i:03d}" for i in range(1, 13))
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 class ConfigError(ValueError):
@@ -36,10 +38,13 @@ class DataConfig:
     """Where the images come from and how they are split and prepared."""
 
     source: str
-    """``sample`` (the bundled NIH sample), ``archive`` (a local Kaggle-layout ZIP) or
-    ``folder`` (an extracted Kaggle-layout tree)."""
+    """``sample`` (the bundled NIH sample), ``archive`` (a local Kaggle-layout ZIP), ``folder``
+    (an extracted Kaggle-layout tree), ``url`` (an http(s) URL of such a ZIP, streamed with Range
+    requests), ``kaggle`` (a Kaggle dataset, streamed the same way) or ``imagefolder`` (a
+    labelled class-folder tree, or a ZIP of one)."""
     path: str
-    """The archive file or folder for ``archive``/``folder``; empty for ``sample``."""
+    """The archive, folder or URL; the Kaggle dataset (default ``nih-chest-xrays/data``) for
+    ``kaggle``; empty for ``sample``."""
     stages: tuple[str, ...]
     """NIH stages to use (``images_001`` .. ``images_012``)."""
     image_size: int
@@ -52,6 +57,17 @@ class DataConfig:
     """Seed of the patient split."""
     num_threads: int
     """Decoding threads of the input pipeline."""
+    cache: bool
+    """Decode each stage once into a resized uint8 cache under ``cache_dir`` and train from it."""
+    cache_dir: str
+    """Directory of stage caches and of downloads from servers without Range support (a Drive
+    path works on Colab)."""
+    normal_classes: tuple[str, ...]
+    """``imagefolder``: class folder names that are normal (case and separators ignored)."""
+    retries: int
+    """``url``/``kaggle``: retries of each transient network failure (with backoff)."""
+    timeout: float
+    """``url``/``kaggle``: seconds to wait for a connection or for data."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,12 @@ class TrainConfig:
     """Stop after this many optimiser steps in total; 0 means no limit."""
     log_every: int
     """Write a line to ``metrics.jsonl`` every this many steps."""
+    checkpoint_every_steps: int
+    """Also checkpoint every this many steps (0: only at the end of epochs and stages)."""
+    checkpoint_every_minutes: float
+    """Also checkpoint when this many minutes passed since the last save (0: never)."""
+    keep_checkpoints: int
+    """Keep the newest this many checkpoints (plus the best by validation loss)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +165,23 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking with Weights & Biases (the local ``metrics.jsonl`` is always written)."""
+
+    wandb: str
+    """``offline`` (write a local W&B run, no network), ``online`` (needs ``wandb login``) or
+    ``disabled``."""
+    project: str
+    """W&B project name."""
+    entity: str
+    """W&B entity (user or team); empty for the account's default."""
+    dir: str
+    """Directory under which W&B writes ``wandb/``; empty for the run (or report) directory."""
+    images_every: int
+    """Log sample reconstructions every this many training steps (0: never)."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of one run."""
 
@@ -151,6 +190,12 @@ class Config:
     train: TrainConfig
     eval: EvalConfig
     run: RunConfig
+    tracking: TrackingConfig
+
+
+def user_cache_dir() -> Path:
+    """The per-user cache directory: ``$XDG_CACHE_HOME/imgae_dx_jax`` or ``~/.cache/...``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "imgae_dx_jax"
 
 
 def default_config_path() -> Path:
@@ -265,8 +310,16 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
         fail("model.name", f"unknown model {m.name!r}; choose one of {', '.join(MODELS)}")
     if d.source not in SOURCES:
         fail("data.source", f"unknown source {d.source!r}; choose one of {', '.join(SOURCES)}")
-    if d.source != "sample" and not d.path:
+    if d.source not in ("sample", "kaggle") and not d.path:
         fail("data.source", f"source {d.source!r} needs data.path (--data) to be set")
+    if d.source == "url" and not re.match(r"https?://", d.path):
+        fail("data.path", f"source 'url' needs an http(s) URL, got {d.path!r}")
+    if d.source == "imagefolder" and not d.normal_classes:
+        fail("data.normal_classes", "name at least one normal class folder")
+    if d.retries < 0:
+        fail("data.retries", "must be >= 0")
+    if d.timeout <= 0:
+        fail("data.timeout", "must be > 0 seconds")
     if not d.stages:
         fail("data.stages", "at least one stage is needed (e.g. images_001, or all)")
     for stage in d.stages:
@@ -310,6 +363,20 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
             fail(key, "must be >= 1")
     if t.max_steps < 0:
         fail("train.max_steps", "must be >= 0 (0 = no limit)")
+    if t.checkpoint_every_steps < 0 or t.checkpoint_every_minutes < 0:
+        key = "train.checkpoint_every_" + ("steps" if t.checkpoint_every_steps < 0 else "minutes")
+        fail(key, "must be >= 0 (0 = off)")
+    if t.keep_checkpoints < 1:
+        fail("train.keep_checkpoints", "must be >= 1")
+    if config.tracking.wandb not in WANDB_MODES:
+        fail(
+            "tracking.wandb",
+            f"unknown mode {config.tracking.wandb!r}; choose {', '.join(WANDB_MODES)}",
+        )
+    if not config.tracking.project:
+        fail("tracking.project", "a W&B project name is needed")
+    if config.tracking.images_every < 0:
+        fail("tracking.images_every", "must be >= 0 (0 = never)")
 
 
 def _downsamplings(model: ModelConfig) -> int:

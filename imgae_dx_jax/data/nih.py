@@ -102,6 +102,9 @@ class Catalog:
     """Per image: (finding, x, y, w, h) boxes in 1024-pixel coordinates."""
     unmatched_images: int = 0
     """Images in the store without a CSV row (left out)."""
+    folder_splits: dict[str, str] = field(default_factory=dict)
+    """Per image key: ``train``/``val``/``test`` when the data comes with its own split folders
+    (an image folder tree); empty otherwise."""
 
 
 def parse_data_entry(text: str) -> dict[str, Entry]:

@@ -1,4 +1,8 @@
-"""grain input pipelines: decode, shuffle, batch.
+"""grain input pipelines: read (stage cache or decode), shuffle, batch.
+
+An :class:`ImageSource` reads each image from the stage cache when a complete one holds it
+(:mod:`~imgae_dx_jax.data.cache`; built by :func:`~imgae_dx_jax.data.load_splits`), and
+otherwise reads and decodes it from the store on the fly, on grain's reader threads.
 
 Elements are dicts ``{"image": uint8[H, W, 1], "index": int32}`` where ``index`` points into
 the split's records; batches stack them. Images stay uint8 until they reach the device.
@@ -15,6 +19,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
+from imgae_dx_jax.data.cache import StageCache, find_cache
 from imgae_dx_jax.data.images import ImageDecodeError, decode_image
 from imgae_dx_jax.data.nih import Record
 from imgae_dx_jax.data.stores import DataError, Store
@@ -43,21 +48,61 @@ class SkipLog:
 
 
 class ImageSource:
-    """grain random-access source: record ``i`` -> decoded element, or ``None`` if it fails."""
+    """grain random-access source: record ``i`` -> decoded element, or ``None`` if it fails.
+
+    Thread-safe. Images come from the store's stage caches when complete ones hold the records
+    (looked up here, once), else they are decoded from the store on every read.
+    """
 
     def __init__(
-        self, records: Sequence[Record], store: Store, image_size: int, skips: SkipLog
+        self,
+        records: Sequence[Record],
+        store: Store,
+        image_size: int,
+        skips: SkipLog,
+        caches: Sequence[StageCache] | None = None,
     ) -> None:
+        """Create the source.
+
+        Args:
+            records: the images, in the order their ``index`` refers to.
+            store: where their bytes are.
+            image_size: side of the square output images.
+            skips: where unreadable images are counted.
+            caches: stage caches to read from; by default the complete caches of the records'
+                stages found in ``store.cache_dir``.
+        """
         self.records = tuple(records)
         self.store = store
         self.image_size = image_size
         self.skips = skips
+        if caches is None:
+            stages = sorted({r.stage for r in self.records})
+            found = (
+                find_cache(store, [r for r in self.records if r.stage == s], s, image_size)
+                for s in stages
+            )
+            caches = [c for c in found if c is not None]
+        self.caches = tuple(caches)
+        where = {}
+        for cache in self.caches:
+            if cache.index.image_size == image_size:
+                where.update({key: (cache, row) for key, row in cache.rows.items()})
+        self._cached = tuple(where.get(r.key) for r in self.records)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray] | None:
         record = self.records[index]
+        cached = self._cached[index]
+        if cached is not None:
+            cache, row = cached
+            reason = cache.index.failed.get(record.key)
+            if reason is not None:
+                self._skip(record.key, reason)
+                return None
+            return {"image": cache.read(row)[..., None], "index": np.int32(index)}
         try:
             data = self.store.read(record.member)
             image = decode_image(data, self.image_size)
@@ -77,7 +122,11 @@ class ImageSource:
 
     def __repr__(self) -> str:
         size = f"{self.image_size}px"
-        return f"ImageSource({len(self.records)} images, {size}, {self.store.description})"
+        cached = sum(c is not None for c in self._cached)
+        return (
+            f"ImageSource({len(self.records)} images ({cached} cached), {size}, "
+            f"{self.store.description})"
+        )
 
 
 def _read_options(num_threads: int) -> grain.ReadOptions:

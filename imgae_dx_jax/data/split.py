@@ -5,6 +5,8 @@ training. The split of a patient depends only on the seed and the patient id (a 
 on which stages are loaded: training progressively on ``images_001`` then ``images_002``
 never moves a patient from test into train. NIH's official ``test_list.txt`` defines the
 test set when the data has it; validation is then carved from the remaining patients.
+An image folder tree with its own ``train/``, ``val/`` and ``test/`` folders keeps them (without
+``val/``, validation is carved from ``train/`` by the seed, normal and abnormal images alike).
 
 Training uses only the *normal* images of training patients; validation and test keep
 every image of their patients, normal and abnormal.
@@ -60,12 +62,15 @@ def split_catalog(
         fractions: train/validation/test fractions of patients (used for the test share only
             when no official list is used).
         seed: split seed.
-        use_official: take the test set from NIH's ``test_list.txt`` when the catalog has it.
+        use_official: take the test set from NIH's ``test_list.txt`` when the catalog has it,
+            or all three splits from an image folder's split folders.
 
     Returns:
         The three splits; train keeps only normal images.
     """
     train_f, val_f, _ = fractions
+    if use_official and catalog.folder_splits:
+        return _folder_splits(catalog, val_f / (train_f + val_f), seed)
     official = use_official and catalog.official_test is not None
     official_test_patients = (
         {r.patient for r in catalog.records if r.key in catalog.official_test}
@@ -91,3 +96,17 @@ def split_catalog(
             continue
         parts[split].append(record)
     return Splits(tuple(parts["train"]), tuple(parts["val"]), tuple(parts["test"]), official)
+
+
+def _folder_splits(catalog: Catalog, val_share: float, seed: int) -> Splits:
+    """Follow the tree's split folders; carve validation from ``train/`` when there is no val/."""
+    has_val = "val" in catalog.folder_splits.values()
+    parts: dict[str, list[Record]] = {name: [] for name in SPLITS}
+    for record in catalog.records:
+        split = catalog.folder_splits[record.key]
+        if split == "train" and not has_val and _unit_hash(seed, record.patient) < val_share:
+            split = "val"
+        if split == "train" and record.label != 0:
+            continue
+        parts[split].append(record)
+    return Splits(tuple(parts["train"]), tuple(parts["val"]), tuple(parts["test"]), True)

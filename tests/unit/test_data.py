@@ -9,6 +9,7 @@ from PIL import Image
 
 from imgae_dx_jax.config import load_config
 from imgae_dx_jax.data import DataError, load_splits
+from imgae_dx_jax.data.archive import ZipStore
 from imgae_dx_jax.data.images import ImageDecodeError, decode_image
 from imgae_dx_jax.data.nih import (
     build_catalog,
@@ -18,7 +19,7 @@ from imgae_dx_jax.data.nih import (
 )
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset, train_dataset
 from imgae_dx_jax.data.split import split_catalog
-from imgae_dx_jax.data.stores import FolderStore, ZipStore, sample_archive_path
+from imgae_dx_jax.data.stores import FolderStore, sample_archive_path
 
 QUIRK_CSV = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
@@ -84,7 +85,7 @@ def test_folder_store_gives_the_same_catalog(tmp_path):
 
 
 def test_patient_split_is_disjoint_and_train_is_normal_only():
-    config = load_config()
+    config = load_config(overrides=["data.cache=false"])
     _, catalog, splits = load_splits(config.data)
     patients = {name: {r.patient for r in splits[name]} for name in ("train", "val", "test")}
     assert not patients["train"] & patients["val"]
@@ -104,7 +105,7 @@ def test_patient_split_is_disjoint_and_train_is_normal_only():
 
 
 def test_split_does_not_depend_on_which_stages_are_loaded():
-    config = load_config()
+    config = load_config(overrides=["data.cache=false"])
     _, catalog, _ = load_splits(config.data)
     half = type(catalog)(catalog.records[:500], catalog.stages, None)
     full = split_catalog(catalog, (0.7, 0.1, 0.2), 0, True)
@@ -115,7 +116,7 @@ def test_split_does_not_depend_on_which_stages_are_loaded():
 
 
 def test_official_test_list_defines_the_test_split():
-    config = load_config()
+    config = load_config(overrides=["data.cache=false"])
     _, catalog, _ = load_splits(config.data)
     test_patients = {"1", "2", "3"}
     official = frozenset(r.key for r in catalog.records if r.patient in test_patients)
@@ -163,7 +164,7 @@ def test_bad_bytes_raise_a_counted_reason(data, reason):
 
 
 def test_pipeline_batches_shuffles_and_skips():
-    config = load_config()
+    config = load_config(overrides=["data.cache=false"])
     store, _, splits = load_splits(config.data)
     skips = SkipLog()
     source = ImageSource(splits.train[:40], store, 32, skips)
@@ -177,7 +178,7 @@ def test_pipeline_batches_shuffles_and_skips():
 
 
 def test_unreadable_images_are_skipped_and_all_failing_is_an_error(tmp_path):
-    config = load_config()
+    config = load_config(overrides=["data.cache=false"])
     store, _, splits = load_splits(config.data)
     broken = tmp_path / "broken.zip"
     with zipfile.ZipFile(broken, "w") as archive:

@@ -1,0 +1,80 @@
+"""One entry point per data source: ``data.source`` -> a store of bytes and a catalog.
+
+==============  ===============================================================================
+``sample``      the bundled 1000-image NIH sample archive
+``archive``     a local ZIP with the Kaggle layout (``archive.zip``; ZIP64, stored or deflated)
+``folder``      an extracted Kaggle-layout tree, or NIH's Box layout (one ``images/`` folder)
+``url``         an http(s) URL of such a ZIP, read with Range requests (central directory, then
+                only the members of the requested stages)
+``kaggle``      a Kaggle dataset (default ``nih-chest-xrays/data``): the kaggle client's signed
+                archive URL, streamed as ``url``; re-requested when it expires
+``imagefolder`` a labelled class-folder tree (or a ZIP of one) of any chest X-ray dataset
+==============  ===============================================================================
+
+Every source yields the same :class:`~imgae_dx_jax.data.nih.Catalog`, so nothing downstream
+knows where the bytes come from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imgae_dx_jax.config import DataConfig, user_cache_dir
+from imgae_dx_jax.data import kaggle
+from imgae_dx_jax.data.archive import ZipStore
+from imgae_dx_jax.data.http import open_url, public_url
+from imgae_dx_jax.data.imagefolder import build_imagefolder_catalog
+from imgae_dx_jax.data.nih import Catalog, build_catalog
+from imgae_dx_jax.data.stores import DataError, FolderStore, Store, sample_archive_path
+
+
+def cache_dir_of(data: DataConfig) -> Path:
+    """The configured cache directory, expanded."""
+    return Path(data.cache_dir).expanduser() if data.cache_dir else user_cache_dir()
+
+
+def open_store(data: DataConfig) -> Store:
+    """Open the store the data config names.
+
+    Raises:
+        DataError: the archive, folder or URL cannot be opened, or Kaggle refuses.
+    """
+    cache_dir = cache_dir_of(data) if data.cache else None
+    downloads = cache_dir_of(data)
+    if data.source == "sample":
+        return ZipStore(
+            sample_archive_path(),
+            description="bundled NIH sample (1000 images)",
+            cache_dir=cache_dir,
+        )
+    if data.source == "archive":
+        return ZipStore(Path(data.path).expanduser(), cache_dir=cache_dir)
+    if data.source == "folder":
+        return FolderStore(Path(data.path), cache_dir=cache_dir)
+    if data.source == "imagefolder":
+        path = Path(data.path).expanduser()
+        if path.is_file():
+            return ZipStore(path, cache_dir=cache_dir)
+        return FolderStore(path, cache_dir=cache_dir)
+    if data.source == "url":
+        source = open_url(lambda: data.path, downloads, retries=data.retries, timeout=data.timeout)
+        return ZipStore(source, description=f"url {public_url(data.path)}", cache_dir=cache_dir)
+    if data.source == "kaggle":
+        dataset = data.path or kaggle.DEFAULT_DATASET
+        kaggle.dataset_ref(dataset)
+        source = open_url(
+            lambda: kaggle.archive_url(dataset),
+            downloads,
+            retries=data.retries,
+            timeout=data.timeout,
+            can_refresh=True,
+        )
+        return ZipStore(source, description=f"kaggle {dataset}", cache_dir=cache_dir)
+    raise DataError(f"unknown data source {data.source!r}")
+
+
+def load_catalog(store: Store, data: DataConfig) -> Catalog:
+    """Catalog the configured stages (NIH sources) or the whole tree (``imagefolder``)."""
+    if data.source == "imagefolder":
+        return build_imagefolder_catalog(store, data.normal_classes)
+    return build_catalog(store, data.stages)
