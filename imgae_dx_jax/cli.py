@@ -1,0 +1,340 @@
+"""Command-line entry points: parse arguments, call the library, print results.
+
+User errors (a bad config, missing data, an unusable run directory) end with one clear
+message and exit status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from imgae_dx_jax import __version__
+from imgae_dx_jax.config import MODELS, SOURCES, STAGES, WANDB_MODES, ConfigError, load_config
+
+
+def parse_stages(text: str) -> list[str]:
+    """``images_001,images_002`` or ``all`` -> stage names (validated by the config)."""
+    if text.strip().lower() == "all":
+        return list(STAGES)
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """Arguments of ``imgae-train``."""
+    parser = argparse.ArgumentParser(
+        prog="imgae-train",
+        description="Train an anomaly-detection autoencoder on normal chest X-rays, then "
+        "evaluate it on held-out patients.",
+    )
+    parser.add_argument("--model", choices=MODELS, help="model family (default: unet)")
+    parser.add_argument("--stage", help="NIH stage(s): images_001, a comma list, or all")
+    parser.add_argument("--config", help="YAML config file (path or packaged name)")
+    parser.add_argument("--source", choices=SOURCES, help="where the images are (default: sample)")
+    parser.add_argument("--data", help="where: archive ZIP, folder, URL or Kaggle dataset slug")
+    parser.add_argument(
+        "--cache-dir", help="directory of decoded stage caches (default ~/.cache/imgae_dx_jax)"
+    )
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--run-dir", type=Path, help="run directory (default: runs/<model>; rerunning continues it)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set model.unet.noise_std=0.1",
+    )
+    parser.add_argument("--resume", choices=("auto", "never"), default="auto",
+                        help="auto: continue from the run directory's checkpoints (default); "
+                        "never: start fresh")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --resume never: delete an existing run directory first")
+    _common(parser)
+    return parser
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    """Arguments of ``imgae-evaluate``."""
+    parser = argparse.ArgumentParser(
+        prog="imgae-evaluate",
+        description="Score trained runs on their held-out test patients, compare them and "
+        "write metrics.json, scores.csv, figures and report.md/report.html.",
+    )
+    parser.add_argument(
+        "--run",
+        type=Path,
+        action="append",
+        required=True,
+        help="run directory of imgae-train; repeat to compare runs",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output directory (default: RUN/eval for one run, reports/A-vs-B for several)",
+    )
+    parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        help="evaluate on other data of the NIH layout instead of the run's own",
+    )
+    parser.add_argument("--data", help="where: archive ZIP, folder, URL or Kaggle dataset slug")
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples of patients for the 95%% CIs (>= 1000)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument(
+        "--wandb",
+        choices=WANDB_MODES,
+        help="log to Weights & Biases (default: the first run's "
+        "tracking.wandb, offline unless changed)",
+    )
+    _common(parser)
+    return parser
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    """Arguments of ``imgae-predict``."""
+    parser = argparse.ArgumentParser(
+        prog="imgae-predict",
+        description="Score chest X-ray files (PNG/JPEG, any size) with a trained run: "
+        "normal/abnormal at the run's validation threshold, heatmap overlays, a CSV.",
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE_OR_DIR",
+        help="image files or directories (searched recursively)",
+    )
+    parser.add_argument(
+        "--run", type=Path, required=True, help="trained and evaluated run directory"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("predictions"),
+        help="output directory (default: predictions)",
+    )
+    _common(parser)
+    return parser
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
+    """Turn the convenience flags into ``key=value`` overrides (applied before ``--set``)."""
+    flags: list[tuple[str, Any]] = [
+        ("model.name", args.model),
+        ("data.source", args.source),
+        ("data.path", args.data),
+        ("data.cache_dir", args.cache_dir),
+        ("train.epochs", args.epochs),
+        ("data.image_size", args.image_size),
+        ("train.batch_size", args.batch_size),
+        ("train.seed", args.seed),
+    ]
+    out = [f"{key}={value}" for key, value in flags if value is not None]
+    if args.stage is not None:
+        out.append(f"data.stages=[{','.join(parse_stages(args.stage))}]")
+    return out + list(args.set)
+
+
+def setup_logging(debug: bool) -> None:
+    """Console logging: INFO for this package, warnings only for the libraries under it."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    logging.getLogger("imgae_dx_jax").setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug:
+        logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def run_cli(
+    main: Callable[[argparse.Namespace], int],
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+) -> int:
+    """Parse, run ``main``, and turn user errors into one message and exit status 2."""
+    from imgae_dx_jax.checkpoints import CheckpointError
+    from imgae_dx_jax.data import DataError
+    from imgae_dx_jax.evaluate import RunError
+    from imgae_dx_jax.predict import PredictError
+    from imgae_dx_jax.tracking import TrackingError
+    from imgae_dx_jax.train import Interrupted, RunDirError
+
+    args = parser.parse_args(argv)
+    setup_logging(args.debug)
+    try:
+        return main(args)
+    except (
+        ConfigError,
+        DataError,
+        RunError,
+        RunDirError,
+        CheckpointError,
+        PredictError,
+        TrackingError,
+    ) as err:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    except Interrupted as err:
+        print(
+            f"{parser.prog}: {err}; checkpoint saved, run the same command to resume",
+            file=sys.stderr,
+        )
+        return 143
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
+    """Print the held-out test results a person reads first."""
+    counts = metrics["split_counts"]
+    print(f"\nRun: {run_dir}")
+    print("Split by patient (train uses normal images only):")
+    for name in ("train", "val", "test"):
+        normal, abnormal = counts[name]["normal"], counts[name]["abnormal"]
+        print(f"  {name:5s} {normal:5d} normal  {abnormal:5d} abnormal")
+    print(
+        f"Held-out test ({metrics['model']}, {metrics['n_normal']} normal / "
+        f"{metrics['n_abnormal']} abnormal images of unseen patients):"
+    )
+    print(
+        f"  AUROC {metrics['auroc']:.3f}   AUPRC {metrics['auprc']:.3f}   "
+        f"FPR@95%TPR {metrics['fpr_at_95_tpr']:.3f}"
+    )
+    print(
+        f"  at the validation-chosen threshold {metrics['threshold']:.4g}: "
+        f"sensitivity {metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}, "
+        f"F1 {metrics['f1']:.3f}"
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from imgae_dx_jax.train import default_run_dir, train_and_evaluate
+
+    config = load_config(args.config, overrides_from_args(args))
+    run_dir = args.run_dir or default_run_dir(config)
+    metrics = train_and_evaluate(config, run_dir, resume=args.resume, overwrite=args.overwrite)
+    print_summary(metrics, run_dir)
+    return 0
+
+
+def print_comparison(comparison: Any) -> None:
+    """Print the per-model table and the DeLong tests of an evaluation."""
+    print(
+        f"\nHeld-out test on {comparison.data} "
+        f"(95% CIs: {comparison.bootstrap['n_resamples']} patient-level bootstrap resamples):"
+    )
+    width = max(len(m.name) for m in comparison.models)
+    for model in comparison.models:
+        m = model.metrics
+        (a_low, a_high), (p_low, p_high) = m["auroc_ci"], m["auprc_ci"]
+        print(
+            f"  {model.name:{width}s}  AUROC {m['auroc']:.3f} [{a_low:.3f}, {a_high:.3f}]  "
+            f"AUPRC {m['auprc']:.3f} [{p_low:.3f}, {p_high:.3f}]  "
+            f"FPR@95%TPR {m['fpr_at_95_tpr']:.3f}  at the validation threshold: "
+            f"sens {m['sensitivity']:.3f} spec {m['specificity']:.3f} F1 {m['f1']:.3f}"
+        )
+        loc = m["localization"]
+        if loc["pixel_auroc"] is not None:
+            print(
+                f"  {'':{width}s}  localization on {loc['n_images']} boxed images "
+                f"({loc['n_boxes']} boxes): pixel AUROC {loc['pixel_auroc']:.3f}, "
+                f"pointing game {loc['pointing_game']:.3f}"
+            )
+    for d in comparison.delong:
+        print(
+            f"  DeLong {d['a']} - {d['b']}: AUROC difference {d['diff']:+.3f} "
+            f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], p = {d['p_value']:.3g}"
+        )
+    print(f"Report: {comparison.files['report_html']}")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from imgae_dx_jax.config import to_dict
+    from imgae_dx_jax.evaluate import default_out_dir, evaluate_runs, load_run_config
+    from imgae_dx_jax.tracking import Tracker
+
+    configs = {str(run): load_run_config(run) for run in args.run}
+    first = configs[str(args.run[0])]
+    tracker = Tracker.from_config(first.tracking, job_type="evaluate", mode=args.wandb)
+    with tracker:
+        tracker.start(
+            {
+                "runs": {run: to_dict(config) for run, config in configs.items()},
+                "source": args.source,
+                "data": args.data,
+                "bootstrap": args.bootstrap,
+                "seed": args.seed,
+            },
+            args.out or default_out_dir(args.run, args.source),
+        )
+        comparison = evaluate_runs(
+            args.run,
+            args.out,
+            source=args.source,
+            data=args.data,
+            n_bootstrap=args.bootstrap,
+            seed=args.seed,
+            tracker=tracker,
+        )
+    if len(comparison.models) == 1:
+        print_summary(comparison.models[0].metrics, args.run[0])
+    print_comparison(comparison)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from imgae_dx_jax.predict import predict
+
+    results = predict(args.inputs, args.run, args.out)
+    for p in results:
+        verdict = "unreadable" if p.error else "abnormal" if p.abnormal else "normal"
+        score = "" if p.score is None else f"{p.score:.5g}"
+        print(f"{verdict:10s} {score:>10s}  {p.path}" + (f"  ({p.error})" if p.error else ""))
+    flagged = sum(bool(p.abnormal) for p in results)
+    unreadable = sum(bool(p.error) for p in results)
+    print(
+        f"\n{len(results)} images: {flagged} abnormal, "
+        f"{len(results) - flagged - unreadable} normal, {unreadable} unreadable. "
+        f"Overlays and predictions.csv in {args.out}"
+    )
+    return 0
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``imgae-train`` / ``python -m imgae_dx_jax.train``."""
+    return run_cli(_train, train_parser(), argv)
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``imgae-evaluate`` / ``python -m imgae_dx_jax.evaluate``."""
+    return run_cli(_evaluate, evaluate_parser(), argv)
+
+
+def predict_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``imgae-predict`` / ``python -m imgae_dx_jax.predict``."""
+    return run_cli(_predict, predict_parser(), argv)

@@ -1,0 +1,637 @@
+"""Training: stages -> epochs -> steps, with logging, validation and exact resume.
+
+``python -m imgae_dx_jax.train`` (= ``imgae-train`` = ``hatch run train``) trains one model
+family on the normal images of the training patients, stage after stage, checkpoints
+everything with Orbax, then exports the model and evaluates it on the held-out test patients
+(:func:`imgae_dx_jax.evaluate.evaluate_run`). The model math lives in
+:mod:`imgae_dx_jax.objectives`; this module only wires and loops.
+
+Resuming is exact: the data order, the random keys and every state are functions of the
+config and the step, and a checkpoint holds the model, the optimiser(s), the grain
+iterator and the progress. A run killed at any point and resumed ends with bit-identical
+parameters (on the same device kind).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+from flax import nnx
+from tqdm.auto import tqdm
+
+from imgae_dx_jax import __version__, distributed
+from imgae_dx_jax.checkpoints import Checkpoints
+from imgae_dx_jax.config import Config, ConfigError, dump_yaml, from_dict, to_dict
+from imgae_dx_jax.data import Store, load_splits
+from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset, train_dataset
+from imgae_dx_jax.data.split import Splits
+from imgae_dx_jax.models import create_model
+from imgae_dx_jax.objectives import get_objective
+
+log = logging.getLogger(__name__)
+
+RESUME_MODES = ("auto", "never")
+_SAFE_MODEL_KEYS = ("learning_rate",)
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (non-empty, or a different run)."""
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint."""
+
+
+def to_unit_float(images: jax.Array) -> jax.Array:
+    """Convert uint8 images to float32 in [0, 1] (done on the device)."""
+    return images.astype(jnp.float32) / 255.0
+
+
+def config_hash(config: Config) -> str:
+    """Return a short stable hash of the resolved configuration."""
+    text = json.dumps(to_dict(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_run_dir(config: Config) -> Path:
+    """``<run.root>/<model>``: re-running the same command continues the same run."""
+    return Path(config.run.root) / config.model.name
+
+
+def identity_settings(config: Config) -> dict[str, Any]:
+    """Settings a resumed run must share with its checkpoints (shapes, data order, split)."""
+    family = to_dict(getattr(config.model, config.model.name))
+    out = {
+        f"model.{config.model.name}.{k}": v for k, v in family.items() if k not in _SAFE_MODEL_KEYS
+    }
+    out.update(
+        {
+            "model.name": config.model.name,
+            "data.image_size": config.data.image_size,
+            "data.split": list(config.data.split),
+            "data.split_seed": config.data.split_seed,
+            "data.official_split": config.data.official_split,
+            "train.batch_size": config.train.batch_size,
+            "train.seed": config.train.seed,
+        }
+    )
+    return out
+
+
+def check_compatible(saved: Config, new: Config) -> None:
+    """Refuse to resume with different shape-defining settings; log the safe changes.
+
+    Raises:
+        RunDirError: naming every setting that differs.
+    """
+    old_id, new_id = identity_settings(saved), identity_settings(new)
+    diffs = [
+        f"{k}: {old_id.get(k)!r} -> {new_id.get(k)!r}"
+        for k in sorted(set(old_id) | set(new_id))
+        if old_id.get(k) != new_id.get(k)
+    ]
+    if diffs:
+        raise RunDirError(
+            "this run directory holds a run with different settings, which cannot be resumed "
+            "with this config:\n  "
+            + "\n  ".join(diffs)
+            + "\nUse another --run-dir, or --resume never --overwrite to start it afresh."
+        )
+    flat_old, flat_new = _flatten(to_dict(saved)), _flatten(to_dict(new))
+    for key in sorted(flat_new):
+        if key != "data.stages" and flat_old.get(key) != flat_new[key]:
+            log.info(
+                "resuming with a changed setting %s: %r -> %r",
+                key,
+                flat_old.get(key),
+                flat_new[key],
+            )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def stage_seed(config: Config, stage: str) -> int:
+    """Shuffle seed of one stage: the same whichever stages an invocation trains."""
+    return config.train.seed * 1000 + int(stage.rsplit("_", 1)[1])
+
+
+@dataclass
+class Trainer:
+    """The compiled step functions of one model family and their functional state."""
+
+    graphdef: nnx.GraphDef[Any]
+    state: Any
+    train_step: Callable[[Any, jax.Array, jax.Array], tuple[Any, dict[str, jax.Array]]]
+    eval_step: Callable[[Any, jax.Array, jax.Array], dict[str, jax.Array]]
+
+    def model_and_optimizers(self) -> tuple[nnx.Module, dict[str, nnx.Optimizer]]:
+        """Rebuild the nnx objects from the current state."""
+        model, optimizers = nnx.merge(self.graphdef, self.state)
+        return model, optimizers
+
+    def parts(self) -> tuple[Any, Any]:
+        """The (model state, optimiser state) pair that checkpoints save."""
+        model, optimizers = self.model_and_optimizers()
+        return nnx.state(model), nnx.state(optimizers)
+
+    def load(self, model_state: Any, opt_state: Any, mesh: jax.sharding.Mesh) -> None:
+        """Replace the state with restored arrays."""
+        model, optimizers = self.model_and_optimizers()
+        nnx.update(model, model_state)
+        nnx.update(optimizers, opt_state)
+        self.state = distributed.replicate(nnx.state((model, optimizers)), mesh)
+
+
+def build_trainer(config: Config, mesh: jax.sharding.Mesh) -> Trainer:
+    """Create the model and optimisers and jit their train and validation steps.
+
+    The steps are pure functions of (state, batch, key): the state is donated and replicated,
+    the batch is sharded along the mesh's ``data`` axis.
+    """
+    model = create_model(config.model, config.data.image_size, rngs=nnx.Rngs(config.train.seed))
+    objective = get_objective(config.model)
+    optimizers = objective.create_optimizers(model)
+    graphdef, state = nnx.split((model, optimizers))
+    state = distributed.replicate(state, mesh)
+    data = distributed.batch_sharding(mesh)
+    repl = distributed.replicated(mesh)
+
+    @partial(jax.jit, donate_argnums=0, in_shardings=(repl, data, repl), out_shardings=(repl, repl))
+    def train_step(state: Any, images: jax.Array, key: jax.Array) -> tuple[Any, Any]:
+        model, optimizers = nnx.merge(graphdef, state)
+        metrics = objective.train_step(model, optimizers, to_unit_float(images), key)
+        return nnx.state((model, optimizers)), metrics
+
+    @partial(jax.jit, in_shardings=(repl, data, repl), out_shardings=repl)
+    def eval_step(state: Any, images: jax.Array, key: jax.Array) -> Any:
+        model, _ = nnx.merge(graphdef, state)
+        return objective.eval_losses(model, to_unit_float(images), key)
+
+    return Trainer(graphdef, state, train_step, eval_step)
+
+
+class MetricsLog:
+    """Appends JSON lines to ``metrics.jsonl``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record."""
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def validation_loss(
+    trainer: Trainer, source: ImageSource, config: Config, key: jax.Array
+) -> dict[str, float]:
+    """Mean validation losses over the validation split's full batches.
+
+    Only full batches are used (fixed shapes: no recompilation, no padded duplicates); they
+    are the same images, in catalog order, every epoch, so the losses are comparable.
+    """
+    batch_size = config.train.batch_size
+    totals: dict[str, float] = {}
+    batches = 0
+    for batch in eval_dataset(source, batch_size, config.data.num_threads):
+        if len(batch["image"]) < batch_size:
+            break
+        losses = jax.device_get(
+            trainer.eval_step(trainer.state, batch["image"], jax.random.fold_in(key, batches))
+        )
+        for name, value in losses.items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+        batches += 1
+    if not batches:
+        raise ConfigError(
+            f"train.batch_size: the validation split has fewer than {batch_size} readable images"
+        )
+    return {f"val_{k}": v / batches for k, v in totals.items()}
+
+
+def log_split_counts(splits: Splits) -> None:
+    """Log images per split and class."""
+    for name, counts in splits.counts().items():
+        log.info("%-5s %4d normal, %4d abnormal", name, counts["normal"], counts["abnormal"])
+
+
+def write_split_manifest(run_dir: Path, splits: Splits) -> None:
+    """Record which images each split holds, so evaluation can check it sees the same split."""
+    manifest = {name: sorted(r.key for r in splits[name]) for name in ("train", "val", "test")}
+    (run_dir / "splits.json").write_text(json.dumps(manifest))
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved as checkpoint metadata."""
+
+    completed_stages: list[str] = field(default_factory=list)
+    stage: str = ""
+    epoch: int = 0
+    """Completed epochs of ``stage``."""
+    step_in_epoch: int = 0
+    step: int = 0
+    """Optimiser steps in total."""
+    best_val_loss: float | None = None
+    best_step: int | None = None
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT: the loop saves and stops at the next step boundary.
+
+    A second SIGINT raises :class:`KeyboardInterrupt` at once.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        """Signal handler: remember the signal (a repeated SIGINT interrupts at once)."""
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning(
+            "%s received: saving a checkpoint, then stopping (Ctrl-C again to quit now)",
+            signal.Signals(signum).name,
+        )
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """Install :class:`StopFlag` for SIGTERM and SIGINT (main thread only) for the block."""
+    flag = StopFlag()
+    handlers = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handlers[sig] = signal.signal(sig, flag)
+    except ValueError:  # not the main thread: leave signal handling alone
+        pass
+    try:
+        yield flag
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Config | None:
+    """Check the run directory for ``resume``; return the saved config when resuming.
+
+    Raises:
+        RunDirError: when it cannot be used as asked.
+    """
+    saved = run_dir / "config.yaml"
+    has_checkpoints = (run_dir / "checkpoints").is_dir() and any(
+        p.name.isdigit() for p in (run_dir / "checkpoints").iterdir()
+    )
+    if resume == "auto":
+        if has_checkpoints and saved.is_file():
+            return from_dict(yaml.safe_load(saved.read_text()), str(saved))
+        return None
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"{run_dir} is not empty; --resume never refuses to overwrite it "
+                "(add --overwrite to delete it and start afresh, or use --resume auto)"
+            )
+        if not saved.is_file():
+            raise RunDirError(
+                f"{run_dir} does not look like a run directory (no config.yaml); "
+                "refusing to delete it"
+            )
+        shutil.rmtree(run_dir)
+    return None
+
+
+def train(
+    config: Config, run_dir: Path, *, resume: str = "auto", overwrite: bool = False
+) -> Config:
+    """Train the configured stages in ``run_dir``, resuming from its checkpoints.
+
+    Stages already completed in the run directory are skipped; the model and optimiser
+    carry over from one stage to the next.
+
+    Returns:
+        The run's config as saved in ``run_dir/config.yaml`` (``data.stages`` = every stage
+        trained so far, in order), which evaluation uses.
+
+    Raises:
+        RunDirError: when the run directory holds an incompatible run.
+        Interrupted: after a signal, once the checkpoint is saved.
+    """
+    if resume not in RESUME_MODES:
+        raise ConfigError(f"--resume: {resume!r}; choose {' or '.join(RESUME_MODES)}")
+    saved_config = prepare_run_dir(run_dir, resume, overwrite)
+    if saved_config is not None:
+        check_compatible(saved_config, config)
+    mesh = distributed.make_mesh()
+    if config.train.batch_size % mesh.size:
+        raise ConfigError(
+            f"train.batch_size: {config.train.batch_size} is not divisible by "
+            f"the {mesh.size} devices"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = build_trainer(config, mesh)
+    checkpoints = Checkpoints(run_dir / "checkpoints", keep=config.train.keep_checkpoints)
+    try:
+        progress, restored_step = _restore(checkpoints, trainer, mesh)
+        history = list(progress.completed_stages) + ([progress.stage] if progress.stage else [])
+        todo = [s for s in config.data.stages if s not in progress.completed_stages]
+        stages = history + [s for s in todo if s not in history]
+        run_config = _with_stages(config, stages)
+        dump_yaml(run_config, run_dir / "config.yaml")
+        store, catalog, splits = load_splits(run_config.data)
+        log.info(
+            "data: %s, stages %s, %d images",
+            store.description,
+            ",".join(stages),
+            len(catalog.records),
+        )
+        log_split_counts(splits)
+        write_split_manifest(run_dir, splits)
+        model, _ = trainer.model_and_optimizers()
+        n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        log.info(
+            "model %s: %.2fM parameters; %d device(s); global batch %d",
+            config.model.name,
+            n_params / 1e6,
+            mesh.size,
+            config.train.batch_size,
+        )
+        if not todo:
+            log.info("stages %s are already trained in %s", ",".join(config.data.stages), run_dir)
+        loop = _Loop(config, run_config, run_dir, trainer, checkpoints, store, splits, progress)
+        for stage in todo:
+            if not loop.train_stage(stage, restored_step if stage == progress.stage else None):
+                break
+        trainer_model, _ = trainer.parts()
+        export_model(run_dir, run_config, trainer_model)
+    finally:
+        checkpoints.close()
+    return run_config
+
+
+def _with_stages(config: Config, stages: list[str]) -> Config:
+    tree = to_dict(config)
+    tree["data"]["stages"] = stages
+    return from_dict(tree, "run")
+
+
+def _restore(
+    checkpoints: Checkpoints, trainer: Trainer, mesh: jax.sharding.Mesh
+) -> tuple[Progress, int | None]:
+    if not checkpoints.steps():
+        return Progress(), None
+    model_state, opt_state = trainer.parts()
+    # The data iterator of the stage in progress is restored once that stage's is built.
+    step, restored = checkpoints.restore_latest(model_state, opt_state)
+    trainer.load(restored["model"], restored["opt"], mesh)
+    meta = restored["meta"]
+    progress = Progress(**meta["progress"])
+    log.info(
+        "resuming from checkpoint %d (stage %s, epoch %d, step %d of the epoch)",
+        step,
+        progress.stage or "-",
+        progress.epoch,
+        progress.step_in_epoch,
+    )
+    return progress, step
+
+
+class _Loop:
+    """The stage/epoch/step loop of one invocation."""
+
+    def __init__(
+        self,
+        config: Config,
+        run_config: Config,
+        run_dir: Path,
+        trainer: Trainer,
+        checkpoints: Checkpoints,
+        store: Store,
+        splits: Splits,
+        progress: Progress,
+    ) -> None:
+        self.config, self.run_config, self.run_dir = config, run_config, run_dir
+        self.trainer, self.checkpoints, self.store, self.splits = (
+            trainer,
+            checkpoints,
+            store,
+            splits,
+        )
+        self.progress = progress
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        key = jax.random.key(config.train.seed)
+        self.key, self.val_key = jax.random.split(key)
+        self.last_save = time.monotonic()
+        self.meta_base = {
+            "config": to_dict(run_config),
+            "config_hash": config_hash(config),
+            "version": __version__,
+            "model": config.model.name,
+        }
+
+    def _source(self, records: Any, skips: SkipLog) -> ImageSource:
+        return ImageSource(records, self.store, self.config.data.image_size, skips)
+
+    def train_stage(self, stage: str, resume_step: int | None) -> bool:
+        """Train one stage for ``train.epochs`` epochs, continuing a saved position.
+
+        Args:
+            stage: the stage to train.
+            resume_step: the checkpoint whose data-iterator state continues this stage.
+
+        Returns:
+            Whether the stage is complete (False when ``train.max_steps`` stopped it).
+        """
+        cfg, p = self.config, self.progress
+        if cfg.train.max_steps and p.step >= cfg.train.max_steps:
+            return False
+        if p.stage != stage:
+            p.stage, p.epoch, p.step_in_epoch = stage, 0, 0
+        trained = set(p.completed_stages) | {stage}
+        train_skips, val_skips = SkipLog(), SkipLog()
+        train_source = self._source([r for r in self.splits.train if r.stage == stage], train_skips)
+        val_source = self._source([r for r in self.splits.val if r.stage in trained], val_skips)
+        data_iter = iter(
+            train_dataset(
+                train_source, cfg.train.batch_size, stage_seed(cfg, stage), cfg.data.num_threads
+            )
+        )
+        if resume_step is not None:
+            self.checkpoints.restore_iterator(resume_step, data_iter)
+        steps_per_epoch = max(1, len(train_source) // cfg.train.batch_size)
+        log.info(
+            "stage %s: %d training images, %d steps per epoch, %d epochs",
+            stage,
+            len(train_source),
+            steps_per_epoch,
+            cfg.train.epochs,
+        )
+        with stop_on_signals() as stop:
+            while p.epoch < cfg.train.epochs:
+                self._epoch(data_iter, steps_per_epoch, stop)
+                cut = p.step_in_epoch < steps_per_epoch  # train.max_steps reached mid-epoch
+                val = validation_loss(
+                    self.trainer, val_source, self.config, jax.random.fold_in(self.val_key, p.step)
+                )
+                if not cut:
+                    p.epoch, p.step_in_epoch = p.epoch + 1, 0
+                if p.best_val_loss is None or val["val_loss"] < p.best_val_loss:
+                    p.best_val_loss, p.best_step = val["val_loss"], p.step
+                self.metrics.write(
+                    {"step": p.step, "stage": stage, "epoch": p.epoch + int(cut), **val}
+                )
+                log.info(
+                    "stage %s epoch %d/%d: step %d, validation loss %.5f",
+                    stage,
+                    p.epoch + int(cut),
+                    cfg.train.epochs,
+                    p.step,
+                    val["val_loss"],
+                )
+                self._save(data_iter, val["val_loss"])
+                if cut:
+                    log.info("train.max_steps=%d reached", cfg.train.max_steps)
+                    return False
+        p.completed_stages.append(stage)
+        p.stage, p.epoch = "", 0
+        self._save(data_iter, None)
+        for name, skips in (("train", train_skips), ("validation", val_skips)):
+            if len(skips):
+                log.warning("%s images skipped in stage %s: %s", name, stage, skips.by_reason())
+        return True
+
+    def _epoch(self, data_iter: Any, steps_per_epoch: int, stop: StopFlag) -> None:
+        cfg, p = self.config.train, self.progress
+        steps = steps_per_epoch - p.step_in_epoch
+        if cfg.max_steps:
+            steps = min(steps, cfg.max_steps - p.step)
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=p.step_in_epoch,
+            unit="step",
+            file=sys.stderr,
+            desc=f"{p.stage} epoch {p.epoch + 1}/{cfg.epochs}",
+            dynamic_ncols=True,
+        )
+        window_start, window_images, pending = time.perf_counter(), 0, []
+        for _ in range(steps):
+            batch = next(data_iter)
+            self.trainer.state, metrics = self.trainer.train_step(
+                self.trainer.state, batch["image"], jax.random.fold_in(self.key, p.step)
+            )
+            p.step += 1
+            p.step_in_epoch += 1
+            window_images += len(batch["image"])
+            pending.append(metrics)
+            bar.update(1)
+            if p.step % cfg.log_every == 0:
+                host = jax.device_get(pending)
+                elapsed = time.perf_counter() - window_start
+                record = {name: float(np.mean([m[name] for m in host])) for name in host[0]}
+                self._check_finite(record)
+                record.update(
+                    step=p.step,
+                    stage=p.stage,
+                    epoch=p.epoch + 1,
+                    images_per_s=window_images / max(elapsed, 1e-9),
+                )
+                self.metrics.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+                window_start, window_images, pending = time.perf_counter(), 0, []
+            if self._save_due():
+                self._save(data_iter, None)
+            if stop.signal is not None:
+                bar.close()
+                self._save(data_iter, None)
+                raise Interrupted(f"stopped by {signal.Signals(stop.signal).name} at step {p.step}")
+        bar.close()
+
+    def _check_finite(self, record: dict[str, float]) -> None:
+        bad = {k: v for k, v in record.items() if not np.isfinite(v)}
+        if bad:
+            terms = ", ".join(f"{k}={v}" for k, v in record.items())
+            raise FloatingPointError(
+                f"non-finite loss near step {self.progress.step} ({terms}); the last checkpoint "
+                f"is intact: resume from it, e.g. with a lower learning rate"
+            )
+
+    def _save_due(self) -> bool:
+        cfg = self.config.train
+        by_steps = (
+            cfg.checkpoint_every_steps and self.progress.step % cfg.checkpoint_every_steps == 0
+        )
+        minutes = (time.monotonic() - self.last_save) / 60
+        by_time = cfg.checkpoint_every_minutes > 0 and minutes >= cfg.checkpoint_every_minutes
+        return bool(by_steps or by_time)
+
+    def _save(self, data_iter: Any, val_loss: float | None) -> None:
+        model_state, opt_state = self.trainer.parts()
+        meta = {**self.meta_base, "progress": vars(self.progress).copy()}
+        self.checkpoints.save(self.progress.step, model_state, opt_state, data_iter, meta, val_loss)
+        self.last_save = time.monotonic()
+
+
+def export_model(run_dir: Path, config: Config, model_state: Any) -> None:
+    """Write the inference export ``<run>/export/``: model state and config, no optimiser.
+
+    Evaluation adds the validation-calibrated threshold (``threshold.json``); prediction
+    needs nothing else.
+    """
+    import orbax.checkpoint as ocp
+
+    export = run_dir / "export"
+    staging = run_dir / "export.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(staging.absolute() / "model", model_state)
+        checkpointer.wait_until_finished()
+    dump_yaml(config, staging / "config.yaml")
+    shutil.rmtree(export, ignore_errors=True)
+    staging.rename(export)
+
+
+def train_and_evaluate(
+    config: Config, run_dir: Path, *, resume: str = "auto", overwrite: bool = False
+) -> dict[str, Any]:
+    """Train (or continue) the run, export the final model and evaluate it on the test split.
+
+    Returns:
+        The test metrics written to ``run_dir/eval/metrics.json``.
+    """
+    from imgae_dx_jax.evaluate import evaluate_run
+
+    train(config, run_dir, resume=resume, overwrite=overwrite)
+    return evaluate_run(run_dir)
+
+
+if __name__ == "__main__":
+    from imgae_dx_jax.cli import train_main
+
+    sys.exit(train_main())

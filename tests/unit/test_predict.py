@@ -1,0 +1,111 @@
+"""imgae-predict on PNG, JPEG and RGBA files of any size, with an exported (untrained) model."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from imgae_dx_jax.cli import predict_main
+from imgae_dx_jax.config import load_config
+from imgae_dx_jax.models import create_model
+from imgae_dx_jax.predict import PredictError, find_images, predict
+from imgae_dx_jax.train import export_model
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run directory with an inference export and a threshold, as evaluation leaves it."""
+    run = tmp_path_factory.mktemp("run")
+    config = load_config(
+        overrides=[
+            "model.unet.widths=[8,16]",
+            "model.unet.groups=4",
+            "data.image_size=32",
+            "eval.batch_size=4",
+        ]
+    )
+    model = create_model(config.model, config.data.image_size, rngs=nnx.Rngs(0))
+    export_model(run, config, nnx.state(model))
+    (run / "export" / "threshold.json").write_text(json.dumps({"threshold": 0.3, "map_scale": 0.5}))
+    return run
+
+
+@pytest.fixture()
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (100, 80), dtype=np.uint8), "L").save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 255, (120, 200, 3), dtype=np.uint8), "RGB").save(
+        folder / "sub" / "b.jpg", quality=90
+    )
+    Image.fromarray(rng.integers(0, 255, (64, 64, 4), dtype=np.uint8), "RGBA").save(
+        folder / "c.png"
+    )
+    (folder / "broken.png").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("ignored")
+    return folder
+
+
+def test_predict_png_jpeg_rgba_and_a_broken_file(run_dir, images, tmp_path):
+    out = tmp_path / "out"
+    results = predict([images], run_dir, out)
+    by_name = {p.path.name: p for p in results}
+    assert sorted(by_name) == ["a.png", "b.jpg", "broken.png", "c.png"]
+    assert by_name["broken.png"].error and by_name["broken.png"].overlay is None
+    for name, size in (("a.png", (80, 100)), ("b.jpg", (200, 120)), ("c.png", (64, 64))):
+        p = by_name[name]
+        assert p.error is None and np.isfinite(p.score)
+        assert p.abnormal == (p.score >= 0.3)
+        with Image.open(p.overlay) as overlay:
+            assert overlay.mode == "RGB"
+            assert overlay.width == size[0] and overlay.height == size[1] + 18  # + caption strip
+    with (out / "predictions.csv").open() as f:
+        rows = {row["image"].rsplit("/", 1)[-1]: row for row in csv.DictReader(f)}
+    assert rows["broken.png"]["error"] and not rows["broken.png"]["score"]
+    assert rows["a.png"]["prediction"] in ("normal", "abnormal")
+    assert float(rows["a.png"]["threshold"]) == pytest.approx(0.3)
+
+
+def test_same_names_in_different_folders_get_distinct_overlays(run_dir, images, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.png").write_bytes((images / "a.png").read_bytes())
+    results = predict([images / "a.png", other / "a.png"], run_dir, tmp_path / "out")
+    assert len({p.overlay for p in results}) == 2
+
+
+def test_predict_cli_and_its_errors(run_dir, images, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert (
+        predict_main(
+            [str(images / "a.png"), str(images / "c.png"), "--run", str(run_dir), "--out", str(out)]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "2 images:" in printed and (out / "predictions.csv").is_file()
+
+    assert predict_main([str(tmp_path / "missing.png"), "--run", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "Traceback" not in err
+    assert predict_main([str(images / "broken.png"), "--run", str(run_dir), "--out", str(out)]) == 2
+    assert "could be read" in capsys.readouterr().err
+    unevaluated = tmp_path / "unevaluated"
+    (unevaluated / "export").mkdir(parents=True)
+    (unevaluated / "export" / "config.yaml").write_text(
+        (run_dir / "export" / "config.yaml").read_text()
+    )
+    assert predict_main([str(images), "--run", str(unevaluated)]) == 2
+    assert "imgae-evaluate" in capsys.readouterr().err
+
+
+def test_find_images_needs_an_image(tmp_path):
+    (tmp_path / "x.txt").write_text("x")
+    with pytest.raises(PredictError, match=r"no \.png"):
+        find_images([tmp_path])
