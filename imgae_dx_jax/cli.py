@@ -58,11 +58,23 @@ def train_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override any config key, e.g. --set model.unet.noise_std=0.1",
     )
-    parser.add_argument("--resume", choices=("auto", "never"), default="auto",
-                        help="auto: continue from the run directory's checkpoints (default); "
-                        "never: start fresh")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="with --resume never: delete an existing run directory first")
+    parser.add_argument(
+        "--resume",
+        choices=("auto", "never"),
+        default="auto",
+        help="auto: continue from the run directory's checkpoints (default); never: start fresh",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --resume never: delete an existing run directory first",
+    )
+    group = parser.add_argument_group(
+        "several hosts", "jax.distributed; SLURM and multi-host TPU slices are detected without"
+    )
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    group.add_argument("--num-processes", type=int, help="number of processes taking part")
+    group.add_argument("--process-id", type=int, help="index of this process (0 .. N-1)")
     _common(parser)
     return parser
 
@@ -233,12 +245,17 @@ def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from imgae_dx_jax import distributed
     from imgae_dx_jax.train import default_run_dir, train_and_evaluate
 
     config = load_config(args.config, overrides_from_args(args))
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    if not distributed.is_main_process():
+        logging.getLogger("imgae_dx_jax").setLevel(logging.WARNING)
     run_dir = args.run_dir or default_run_dir(config)
     metrics = train_and_evaluate(config, run_dir, resume=args.resume, overwrite=args.overwrite)
-    print_summary(metrics, run_dir)
+    if metrics is not None:
+        print_summary(metrics, run_dir)
     return 0
 
 

@@ -27,6 +27,7 @@ SOURCES = ("sample", "archive", "folder", "url", "kaggle", "imagefolder")
 UNET_MODES = ("denoising", "reconstruction")
 STAGES = tuple(f"images_{i:03d}" for i in range(1, 13))
 WANDB_MODES = ("online", "offline", "disabled")
+FAST_PATHS = ("auto", "always", "never")
 
 
 class ConfigError(ValueError):
@@ -128,6 +129,10 @@ class ModelConfig:
     unet: UNetConfig
     ra: RAConfig
     ae: AEConfig
+    fast_path: str = "auto"
+    """Layer implementations that XLA's CPU backend runs faster, same function and parameters
+    (:mod:`imgae_dx_jax.models.layers`): ``auto`` (on the CPU backend only), ``always`` or
+    ``never``."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,9 @@ class TrainConfig:
     """Also checkpoint when this many minutes passed since the last save (0: never)."""
     keep_checkpoints: int
     """Keep the newest this many checkpoints (plus the best by validation loss)."""
+    shard_params: bool
+    """Shard parameters and optimiser state over the devices (FSDP style) instead of
+    replicating them: for models too large to hold on every device."""
 
 
 @dataclass(frozen=True)
@@ -344,6 +352,8 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
             fail(f"model.{family}.widths", "a non-empty list of positive channel counts expected")
         if getattr(m, family).learning_rate <= 0:
             fail(f"model.{family}.learning_rate", "must be > 0")
+    if m.fast_path not in FAST_PATHS:
+        fail("model.fast_path", f"unknown value {m.fast_path!r}; choose {', '.join(FAST_PATHS)}")
     if m.unet.mode not in UNET_MODES:
         fail("model.unet.mode", f"unknown mode {m.unet.mode!r}; choose {', '.join(UNET_MODES)}")
     for w in m.unet.widths:

@@ -29,10 +29,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import yaml
 from flax import nnx
 
+from imgae_dx_jax import distributed
 from imgae_dx_jax.config import Config, DataConfig, from_dict, load_config, to_dict, with_overrides
 from imgae_dx_jax.data import Catalog, DataError, Splits, Store, load_splits
 from imgae_dx_jax.data.nih import FINDINGS, Record
@@ -94,8 +94,9 @@ class SplitScores:
 def load_run_config(run_dir: Path) -> Config:
     """Read the configuration of a run's inference export.
 
-    Sections added to the package after the run was trained (e.g. ``tracking``) take their
-    default values; every other key must be present and valid.
+    Keys added to the package after the run was trained (a new section such as
+    ``tracking``, or a new setting) take their current default values, which are logged;
+    every key the run has must still be valid.
     """
     path = run_dir / "export" / "config.yaml"
     if not path.is_file():
@@ -103,9 +104,22 @@ def load_run_config(run_dir: Path) -> Config:
             f"{run_dir} is not a run directory of a trained model (no export/config.yaml)"
         )
     tree = yaml.safe_load(path.read_text())
-    for section, values in to_dict(load_config()).items():
-        tree.setdefault(section, values)
+    added = _fill_missing(tree, to_dict(load_config()))
+    if added:
+        log.info("%s predates these settings; using their defaults: %s", run_dir, ", ".join(added))
     return from_dict(tree, str(path))
+
+
+def _fill_missing(tree: dict[str, Any], defaults: dict[str, Any], prefix: str = "") -> list[str]:
+    """Add the keys of ``defaults`` that ``tree`` lacks, in place; return their dotted names."""
+    added = []
+    for key, value in defaults.items():
+        if key not in tree:
+            tree[key] = value
+            added.append(f"{prefix}{key}")
+        elif isinstance(value, dict) and isinstance(tree[key], dict):
+            added += _fill_missing(tree[key], value, f"{prefix}{key}.")
+    return added
 
 
 def restore_model(run_dir: Path, config: Config) -> nnx.Module:
@@ -117,7 +131,7 @@ def restore_model(run_dir: Path, config: Config) -> nnx.Module:
         lambda: create_model(config.model, config.data.image_size, rngs=nnx.Rngs(0))
     )
     graphdef, target = nnx.split(abstract)
-    with ocp.StandardCheckpointer() as checkpointer:
+    with distributed.local_checkpointer() as checkpointer:
         state = checkpointer.restore(path, target)
     return nnx.merge(graphdef, state)
 

@@ -340,8 +340,9 @@ def plot_reconstructions(model: ModelResult, path: Path) -> None:
     assert ex.images is not None and ex.reconstructions is not None and ex.maps is not None
     rows = len(ex.records)
     fig, axes = plt.subplots(rows, 3, figsize=(7.2, 2.45 * rows + 0.4), squeeze=False)
-    for titles, ax in zip(("input", "reconstruction", "anomaly map"), axes[0], strict=True):
-        ax.set_title(titles, fontsize=9)
+    titles = (f"{model.name}: input", "reconstruction", "anomaly map (green: NIH boxes)")
+    for title, ax in zip(titles, axes[0], strict=True):
+        ax.set_title(title, fontsize=9)
     for row, (record, kind) in enumerate(zip(ex.records, model.example_kinds, strict=True)):
         boxes = model.boxes.get(record.key, [])
         image = ex.images[row]
@@ -358,7 +359,6 @@ def plot_reconstructions(model: ModelResult, path: Path) -> None:
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(f"{model.name}: typical, best and worst test cases (boxes: NIH)", fontsize=10)
     _save(fig, path)
 
 

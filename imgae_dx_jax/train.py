@@ -142,12 +142,18 @@ def stage_seed(config: Config, stage: str) -> int:
 
 @dataclass
 class Trainer:
-    """The compiled step functions of one model family and their functional state."""
+    """The compiled step functions of one model family and their functional state.
+
+    ``train_step(state, images, step)`` and ``eval_step(state, images, index)`` take global
+    uint8 batches (:func:`distributed.global_batch`); their random keys are derived inside
+    the steps from ``train.seed`` and the integer, so no key array crosses hosts.
+    """
 
     graphdef: nnx.GraphDef[Any]
     state: Any
-    train_step: Callable[[Any, jax.Array, jax.Array], tuple[Any, dict[str, jax.Array]]]
-    eval_step: Callable[[Any, jax.Array, jax.Array], dict[str, jax.Array]]
+    sharding: Any
+    train_step: Callable[[Any, jax.Array, np.uint32], tuple[Any, dict[str, jax.Array]]]
+    eval_step: Callable[[Any, jax.Array, np.uint32], dict[str, jax.Array]]
 
     def model_and_optimizers(self) -> tuple[nnx.Module, dict[str, nnx.Optimizer]]:
         """Rebuild the nnx objects from the current state."""
@@ -159,79 +165,91 @@ class Trainer:
         model, optimizers = self.model_and_optimizers()
         return nnx.state(model), nnx.state(optimizers)
 
-    def load(self, model_state: Any, opt_state: Any, mesh: jax.sharding.Mesh) -> None:
-        """Replace the state with restored arrays."""
+    def load(self, model_state: Any, opt_state: Any) -> None:
+        """Replace the state with restored arrays (placed with the trainer's shardings)."""
         model, optimizers = self.model_and_optimizers()
         nnx.update(model, model_state)
         nnx.update(optimizers, opt_state)
-        self.state = distributed.replicate(nnx.state((model, optimizers)), mesh)
+        self.state = jax.device_put(nnx.state((model, optimizers)), self.sharding)
 
 
 def build_trainer(config: Config, mesh: jax.sharding.Mesh) -> Trainer:
     """Create the model and optimisers and jit their train and validation steps.
 
-    The steps are pure functions of (state, batch, key): the state is donated and replicated,
-    the batch is sharded along the mesh's ``data`` axis.
+    The steps are pure functions of (state, batch, step): the state is donated and replicated
+    (or FSDP-sharded with ``train.shard_params``), the batch is sharded along ``data``.
     """
     model = create_model(config.model, config.data.image_size, rngs=nnx.Rngs(config.train.seed))
     objective = get_objective(config.model)
     optimizers = objective.create_optimizers(model)
     graphdef, state = nnx.split((model, optimizers))
-    state = distributed.replicate(state, mesh)
+    sharding = distributed.state_shardings(state, mesh, config.train.shard_params)
+    state = jax.device_put(state, sharding)
     data = distributed.batch_sharding(mesh)
     repl = distributed.replicated(mesh)
+    train_key, val_key = jax.random.split(jax.random.key(config.train.seed))
 
-    @partial(jax.jit, donate_argnums=0, in_shardings=(repl, data, repl), out_shardings=(repl, repl))
-    def train_step(state: Any, images: jax.Array, key: jax.Array) -> tuple[Any, Any]:
+    @partial(
+        jax.jit,
+        donate_argnums=0,
+        in_shardings=(sharding, data, None),
+        out_shardings=(sharding, repl),
+    )
+    def train_step(state: Any, images: jax.Array, step: jax.Array) -> tuple[Any, Any]:
         model, optimizers = nnx.merge(graphdef, state)
+        key = jax.random.fold_in(train_key, step)
         metrics = objective.train_step(model, optimizers, to_unit_float(images), key)
         return nnx.state((model, optimizers)), metrics
 
-    @partial(jax.jit, in_shardings=(repl, data, repl), out_shardings=repl)
-    def eval_step(state: Any, images: jax.Array, key: jax.Array) -> Any:
+    @partial(jax.jit, in_shardings=(sharding, data, None), out_shardings=repl)
+    def eval_step(state: Any, images: jax.Array, index: jax.Array) -> Any:
         model, _ = nnx.merge(graphdef, state)
+        key = jax.random.fold_in(val_key, index)
         return objective.eval_losses(model, to_unit_float(images), key)
 
-    return Trainer(graphdef, state, train_step, eval_step)
+    return Trainer(graphdef, state, sharding, train_step, eval_step)
 
 
 class MetricsLog:
     """Appends JSON lines to ``metrics.jsonl``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, enabled: bool = True) -> None:
         self.path = path
+        self.enabled = enabled
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one record."""
+        """Append one record (only where enabled: process 0 of a multi-host run)."""
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
 
 def validation_loss(
-    trainer: Trainer, source: ImageSource, config: Config, key: jax.Array
+    trainer: Trainer, source: ImageSource, config: Config, mesh: jax.sharding.Mesh, step: int
 ) -> dict[str, float]:
-    """Mean validation losses over the validation split's full batches.
+    """Mean validation losses over the validation split's full global batches.
 
-    Only full batches are used (fixed shapes: no recompilation, no padded duplicates); they
-    are the same images, in catalog order, every epoch, so the losses are comparable.
+    Each process reads its own part of the split. Only full batches are used (fixed shapes:
+    no recompilation, no padded duplicates); they are the same images every epoch, so the
+    losses are comparable. ``step`` seeds the noise of the denoising objective.
     """
-    batch_size = config.train.batch_size
-    totals: dict[str, float] = {}
-    batches = 0
-    for batch in eval_dataset(source, batch_size, config.data.num_threads):
-        if len(batch["image"]) < batch_size:
-            break
-        losses = jax.device_get(
-            trainer.eval_step(trainer.state, batch["image"], jax.random.fold_in(key, batches))
-        )
-        for name, value in losses.items():
-            totals[name] = totals.get(name, 0.0) + float(value)
-        batches += 1
-    if not batches:
+    index, count = distributed.process_shard()
+    local_batch = config.train.batch_size // count
+    n_batches = len(source) // count // local_batch  # the same number on every process
+    if not n_batches:
         raise ConfigError(
-            f"train.batch_size: the validation split has fewer than {batch_size} readable images"
+            f"train.batch_size: the validation split has fewer than {config.train.batch_size} "
+            "images"
         )
-    return {f"val_{k}": v / batches for k, v in totals.items()}
+    totals: dict[str, float] = {}
+    batches = eval_dataset(source, local_batch, config.data.num_threads, shard=(index, count))
+    for number, batch in zip(range(n_batches), batches, strict=False):
+        images = distributed.global_batch(batch["image"], mesh)
+        losses = trainer.eval_step(trainer.state, images, np.uint32(step * 1024 + number))
+        for name, value in jax.device_get(losses).items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return {f"val_{k}": v / n_batches for k, v in totals.items()}
 
 
 def log_split_counts(splits: Splits) -> None:
@@ -327,17 +345,27 @@ def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Config | Non
     return None
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` leaves: the run's config and the trained model."""
+
+    config: Config
+    """As saved in ``run_dir/config.yaml``: ``data.stages`` lists every stage trained so far,
+    in order; evaluation uses it."""
+    model: nnx.Module
+    """The trained model (arrays on the mesh's devices)."""
+
+
 def train(
     config: Config, run_dir: Path, *, resume: str = "auto", overwrite: bool = False
-) -> Config:
+) -> TrainResult:
     """Train the configured stages in ``run_dir``, resuming from its checkpoints.
 
     Stages already completed in the run directory are skipped; the model and optimiser
     carry over from one stage to the next.
 
     Returns:
-        The run's config as saved in ``run_dir/config.yaml`` (``data.stages`` = every stage
-        trained so far, in order), which evaluation uses.
+        The run's config and the trained model.
 
     Raises:
         RunDirError: when the run directory holds an incompatible run.
@@ -354,16 +382,19 @@ def train(
             f"train.batch_size: {config.train.batch_size} is not divisible by "
             f"the {mesh.size} devices"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main_process()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(config, mesh)
     checkpoints = Checkpoints(run_dir / "checkpoints", keep=config.train.keep_checkpoints)
     try:
-        progress, restored_step = _restore(checkpoints, trainer, mesh)
+        progress, restored_step = _restore(checkpoints, trainer)
         history = list(progress.completed_stages) + ([progress.stage] if progress.stage else [])
         todo = [s for s in config.data.stages if s not in progress.completed_stages]
         stages = history + [s for s in todo if s not in history]
         run_config = _with_stages(config, stages)
-        dump_yaml(run_config, run_dir / "config.yaml")
+        if main:
+            dump_yaml(run_config, run_dir / "config.yaml")
         store, catalog, splits = load_splits(run_config.data)
         log.info(
             "data: %s, stages %s, %d images",
@@ -372,27 +403,33 @@ def train(
             len(catalog.records),
         )
         log_split_counts(splits)
-        write_split_manifest(run_dir, splits)
+        if main:
+            write_split_manifest(run_dir, splits)
         model, _ = trainer.model_and_optimizers()
         n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
         log.info(
-            "model %s: %.2fM parameters; %d device(s); global batch %d",
+            "model %s: %.2fM parameters; %d device(s) in %d process(es); global batch %d "
+            "= %d per device",
             config.model.name,
             n_params / 1e6,
             mesh.size,
+            jax.process_count(),
             config.train.batch_size,
+            config.train.batch_size // mesh.size,
         )
         if not todo:
             log.info("stages %s are already trained in %s", ",".join(config.data.stages), run_dir)
-        loop = _Loop(config, run_config, run_dir, trainer, checkpoints, store, splits, progress)
+        loop = _Loop(
+            config, run_config, run_dir, mesh, trainer, checkpoints, store, splits, progress
+        )
         for stage in todo:
             if not loop.train_stage(stage, restored_step if stage == progress.stage else None):
                 break
-        trainer_model, _ = trainer.parts()
-        export_model(run_dir, run_config, trainer_model)
+        model_state, _ = trainer.parts()
+        export_model(run_dir, run_config, model_state)
     finally:
         checkpoints.close()
-    return run_config
+    return TrainResult(run_config, trainer.model_and_optimizers()[0])
 
 
 def _with_stages(config: Config, stages: list[str]) -> Config:
@@ -401,15 +438,13 @@ def _with_stages(config: Config, stages: list[str]) -> Config:
     return from_dict(tree, "run")
 
 
-def _restore(
-    checkpoints: Checkpoints, trainer: Trainer, mesh: jax.sharding.Mesh
-) -> tuple[Progress, int | None]:
+def _restore(checkpoints: Checkpoints, trainer: Trainer) -> tuple[Progress, int | None]:
     if not checkpoints.steps():
         return Progress(), None
     model_state, opt_state = trainer.parts()
     # The data iterator of the stage in progress is restored once that stage's is built.
     step, restored = checkpoints.restore_latest(model_state, opt_state)
-    trainer.load(restored["model"], restored["opt"], mesh)
+    trainer.load(restored["model"], restored["opt"])
     meta = restored["meta"]
     progress = Progress(**meta["progress"])
     log.info(
@@ -430,13 +465,14 @@ class _Loop:
         config: Config,
         run_config: Config,
         run_dir: Path,
+        mesh: jax.sharding.Mesh,
         trainer: Trainer,
         checkpoints: Checkpoints,
         store: Store,
         splits: Splits,
         progress: Progress,
     ) -> None:
-        self.config, self.run_config, self.run_dir = config, run_config, run_dir
+        self.config, self.run_config, self.run_dir, self.mesh = config, run_config, run_dir, mesh
         self.trainer, self.checkpoints, self.store, self.splits = (
             trainer,
             checkpoints,
@@ -444,9 +480,7 @@ class _Loop:
             splits,
         )
         self.progress = progress
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
-        key = jax.random.key(config.train.seed)
-        self.key, self.val_key = jax.random.split(key)
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=distributed.is_main_process())
         self.last_save = time.monotonic()
         self.meta_base = {
             "config": to_dict(run_config),
@@ -477,14 +511,17 @@ class _Loop:
         train_skips, val_skips = SkipLog(), SkipLog()
         train_source = self._source([r for r in self.splits.train if r.stage == stage], train_skips)
         val_source = self._source([r for r in self.splits.val if r.stage in trained], val_skips)
+        shard = distributed.process_shard()
+        local_batch = cfg.train.batch_size // shard[1]
         data_iter = iter(
             train_dataset(
-                train_source, cfg.train.batch_size, stage_seed(cfg, stage), cfg.data.num_threads
+                train_source, local_batch, stage_seed(cfg, stage), cfg.data.num_threads, shard=shard
             )
         )
         if resume_step is not None:
             self.checkpoints.restore_iterator(resume_step, data_iter)
-        steps_per_epoch = max(1, len(train_source) // cfg.train.batch_size)
+        # Every process takes the same number of steps (shards differ by at most one image).
+        steps_per_epoch = max(1, len(train_source) // shard[1] // local_batch)
         log.info(
             "stage %s: %d training images, %d steps per epoch, %d epochs",
             stage,
@@ -496,9 +533,7 @@ class _Loop:
             while p.epoch < cfg.train.epochs:
                 self._epoch(data_iter, steps_per_epoch, stop)
                 cut = p.step_in_epoch < steps_per_epoch  # train.max_steps reached mid-epoch
-                val = validation_loss(
-                    self.trainer, val_source, self.config, jax.random.fold_in(self.val_key, p.step)
-                )
+                val = validation_loss(self.trainer, val_source, self.config, self.mesh, p.step)
                 if not cut:
                     p.epoch, p.step_in_epoch = p.epoch + 1, 0
                 if p.best_val_loss is None or val["val_loss"] < p.best_val_loss:
@@ -542,12 +577,13 @@ class _Loop:
         window_start, window_images, pending = time.perf_counter(), 0, []
         for _ in range(steps):
             batch = next(data_iter)
+            images = distributed.global_batch(batch["image"], self.mesh)
             self.trainer.state, metrics = self.trainer.train_step(
-                self.trainer.state, batch["image"], jax.random.fold_in(self.key, p.step)
+                self.trainer.state, images, np.uint32(p.step)
             )
             p.step += 1
             p.step_in_epoch += 1
-            window_images += len(batch["image"])
+            window_images += images.shape[0]
             pending.append(metrics)
             bar.update(1)
             if p.step % cfg.log_every == 0:
@@ -600,17 +636,19 @@ class _Loop:
 def export_model(run_dir: Path, config: Config, model_state: Any) -> None:
     """Write the inference export ``<run>/export/``: model state and config, no optimiser.
 
-    Evaluation adds the validation-calibrated threshold (``threshold.json``); prediction
-    needs nothing else.
+    The arrays are gathered to host memory (every process takes part) and process 0 writes
+    them alone, so the export loads anywhere, on any number of devices. Evaluation adds the
+    validation-calibrated threshold (``threshold.json``); prediction needs nothing else.
     """
-    import orbax.checkpoint as ocp
-
+    host_state = distributed.to_host(model_state)
+    if not distributed.is_main_process():
+        return
     export = run_dir / "export"
     staging = run_dir / "export.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(staging.absolute() / "model", model_state)
+    with distributed.local_checkpointer() as checkpointer:
+        checkpointer.save(staging.absolute() / "model", host_state)
         checkpointer.wait_until_finished()
     dump_yaml(config, staging / "config.yaml")
     shutil.rmtree(export, ignore_errors=True)
@@ -619,16 +657,24 @@ def export_model(run_dir: Path, config: Config, model_state: Any) -> None:
 
 def train_and_evaluate(
     config: Config, run_dir: Path, *, resume: str = "auto", overwrite: bool = False
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Train (or continue) the run, export the final model and evaluate it on the test split.
 
+    In a multi-host run only process 0 evaluates (from the export); the others wait for it.
+
     Returns:
-        The test metrics written to ``run_dir/eval/metrics.json``.
+        The test metrics written to ``run_dir/eval/metrics.json`` (``None`` on processes
+        other than 0).
     """
+    from jax.experimental import multihost_utils
+
     from imgae_dx_jax.evaluate import evaluate_run
 
     train(config, run_dir, resume=resume, overwrite=overwrite)
-    return evaluate_run(run_dir)
+    metrics = evaluate_run(run_dir) if distributed.is_main_process() else None
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("imgae_dx_jax evaluated")
+    return metrics
 
 
 if __name__ == "__main__":

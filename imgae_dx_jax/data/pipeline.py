@@ -164,7 +164,13 @@ def train_dataset(
     return ds.to_iter_dataset(_read_options(num_threads)).batch(batch_size, drop_remainder=True)
 
 
-def eval_dataset(source: ImageSource, batch_size: int, num_threads: int) -> grain.IterDataset:
-    """All images of a split in catalog order, in batches (the last one may be smaller)."""
-    ds = grain.MapDataset.source(source)
+def eval_dataset(
+    source: ImageSource, batch_size: int, num_threads: int, shard: tuple[int, int] = (0, 1)
+) -> grain.IterDataset:
+    """All images of a split (of this process's ``shard``) in catalog order, in batches.
+
+    The last batch may be smaller.
+    """
+    index, count = shard
+    ds = grain.MapDataset.source(source)[index::count]
     return ds.to_iter_dataset(_read_options(num_threads)).batch(batch_size)
