@@ -69,6 +69,11 @@ def train_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --resume never: delete an existing run directory first",
     )
+    parser.add_argument(
+        "--wandb",
+        choices=WANDB_MODES,
+        help="Weights & Biases logging (default: tracking.wandb, offline)",
+    )
     group = parser.add_argument_group(
         "several hosts", "jax.distributed; SLURM and multi-host TPU slices are detected without"
     )
@@ -160,6 +165,7 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
         ("data.image_size", args.image_size),
         ("train.batch_size", args.batch_size),
         ("train.seed", args.seed),
+        ("tracking.wandb", args.wandb),
     ]
     out = [f"{key}={value}" for key, value in flags if value is not None]
     if args.stage is not None:

@@ -44,6 +44,8 @@ from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset, train
 from imgae_dx_jax.data.split import Splits
 from imgae_dx_jax.models import create_model
 from imgae_dx_jax.objectives import get_objective
+from imgae_dx_jax.scoring import anomaly_maps
+from imgae_dx_jax.tracking import Tracker, resource_metrics
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +156,8 @@ class Trainer:
     sharding: Any
     train_step: Callable[[Any, jax.Array, np.uint32], tuple[Any, dict[str, jax.Array]]]
     eval_step: Callable[[Any, jax.Array, np.uint32], dict[str, jax.Array]]
+    sample_step: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+    """(state, images) -> (inputs, reconstructions, anomaly maps), replicated."""
 
     def model_and_optimizers(self) -> tuple[nnx.Module, dict[str, nnx.Optimizer]]:
         """Rebuild the nnx objects from the current state."""
@@ -207,22 +211,38 @@ def build_trainer(config: Config, mesh: jax.sharding.Mesh) -> Trainer:
         key = jax.random.fold_in(val_key, index)
         return objective.eval_losses(model, to_unit_float(images), key)
 
-    return Trainer(graphdef, state, sharding, train_step, eval_step)
+    @partial(jax.jit, in_shardings=(sharding, data), out_shardings=repl)
+    def sample_step(state: Any, images: jax.Array) -> Any:
+        model, _ = nnx.merge(graphdef, state)
+        inputs = to_unit_float(images)
+        reconstructions, maps = anomaly_maps(model, inputs, config.model)
+        return inputs, reconstructions, maps
+
+    return Trainer(graphdef, state, sharding, train_step, eval_step, sample_step)
 
 
 class MetricsLog:
     """Appends JSON lines to ``metrics.jsonl``."""
 
-    def __init__(self, path: Path, *, enabled: bool = True) -> None:
+    def __init__(self, path: Path, *, enabled: bool = True, tracker: Tracker | None = None) -> None:
         self.path = path
         self.enabled = enabled
+        self.tracker = tracker
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one record (only where enabled: process 0 of a multi-host run)."""
+        """Append one record (only where enabled: process 0 of a multi-host run).
+
+        The numeric values also go to the W&B tracker, at the record's ``step``.
+        """
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tracker is not None:
+            numbers = {
+                k: v for k, v in record.items() if isinstance(v, int | float) and k != "step"
+            }
+            self.tracker.log(numbers, step=record["step"])
 
 
 def validation_loss(
@@ -357,12 +377,19 @@ class TrainResult:
 
 
 def train(
-    config: Config, run_dir: Path, *, resume: str = "auto", overwrite: bool = False
+    config: Config,
+    run_dir: Path,
+    *,
+    resume: str = "auto",
+    overwrite: bool = False,
+    tracker: Tracker | None = None,
 ) -> TrainResult:
     """Train the configured stages in ``run_dir``, resuming from its checkpoints.
 
     Stages already completed in the run directory are skipped; the model and optimiser
-    carry over from one stage to the next.
+    carry over from one stage to the next. ``tracker`` (started by the caller) receives the
+    logged metrics and, every ``tracking.images_every`` steps, sample reconstructions; it is
+    started here, once the run directory is known to be usable.
 
     Returns:
         The run's config and the trained model.
@@ -385,6 +412,8 @@ def train(
     main = distributed.is_main_process()
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if tracker is not None:
+            tracker.start(config, run_dir)
     trainer = build_trainer(config, mesh)
     checkpoints = Checkpoints(run_dir / "checkpoints", keep=config.train.keep_checkpoints)
     try:
@@ -422,6 +451,7 @@ def train(
         loop = _Loop(
             config, run_config, run_dir, mesh, trainer, checkpoints, store, splits, progress
         )
+        loop.metrics.tracker = tracker
         for stage in todo:
             if not loop.train_stage(stage, restored_step if stage == progress.stage else None):
                 break
@@ -596,10 +626,15 @@ class _Loop:
                     stage=p.stage,
                     epoch=p.epoch + 1,
                     images_per_s=window_images / max(elapsed, 1e-9),
+                    lr=getattr(self.config.model, self.config.model.name).learning_rate,
+                    **resource_metrics(),
                 )
                 self.metrics.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
                 window_start, window_images, pending = time.perf_counter(), 0, []
+            images_every = self.config.tracking.images_every
+            if self.metrics.tracker is not None and images_every and p.step % images_every == 0:
+                self._log_samples(images)
             if self._save_due():
                 self._save(data_iter, None)
             if stop.signal is not None:
@@ -607,6 +642,21 @@ class _Loop:
                 self._save(data_iter, None)
                 raise Interrupted(f"stopped by {signal.Signals(stop.signal).name} at step {p.step}")
         bar.close()
+
+    def _log_samples(self, images: jax.Array) -> None:
+        """Log input | reconstruction | anomaly map of up to 4 training images to W&B."""
+        x, recon, maps = (
+            np.asarray(a) for a in self.trainer.sample_step(self.trainer.state, images)
+        )
+        rows = []
+        for i in range(min(4, len(x))):
+            scaled = maps[i] / max(float(maps[i].max()), 1e-8)
+            rows.append(np.concatenate([x[i, ..., 0], recon[i, ..., 0], scaled], axis=1))
+        assert self.metrics.tracker is not None
+        self.metrics.tracker.log_images(
+            {"samples/input_reconstruction_map": np.concatenate(rows, axis=0)},
+            step=self.progress.step,
+        )
 
     def _check_finite(self, record: dict[str, float]) -> None:
         bad = {k: v for k, v in record.items() if not np.isfinite(v)}
@@ -670,8 +720,13 @@ def train_and_evaluate(
 
     from imgae_dx_jax.evaluate import evaluate_run
 
-    train(config, run_dir, resume=resume, overwrite=overwrite)
-    metrics = evaluate_run(run_dir) if distributed.is_main_process() else None
+    main = distributed.is_main_process()
+    tracker = Tracker.from_config(
+        config.tracking, job_type="train", mode=None if main else "disabled"
+    )
+    with tracker:
+        train(config, run_dir, resume=resume, overwrite=overwrite, tracker=tracker)
+        metrics = evaluate_run(run_dir, tracker=tracker) if main else None
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("imgae_dx_jax evaluated")
     return metrics

@@ -13,7 +13,7 @@ from imgae_dx_jax.cli import evaluate_main, train_main
 TINY = {
     "unet": ["model.unet.widths=[8,16,32]", "model.unet.groups=4"],
     "ra": ["model.ra.widths=[8,16,16]", "model.ra.zdim=16", "data.image_size=32"],
-    "ae": ["model.ae.widths=[8,16,32]", "model.ae.latent_dim=8"],
+    "ae": ["model.ae.widths=[8,16,32]", "model.ae.latent_dim=8", "tracking.images_every=2"],
 }
 KEYS = (
     "auroc",
@@ -59,6 +59,11 @@ def test_train_then_evaluate_on_the_sample(model, tmp_path, capsys):
     assert [r["step"] for r in lines if "loss" in r] == [2, 4]
     assert all(math.isfinite(r["loss"]) for r in lines if "loss" in r)
     assert any("val_loss" in r for r in lines)
+    # W&B (offline by default) gets the same metrics; the AE run also logs sample images.
+    wandb_runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 1 and list(wandb_runs[0].glob("*.wandb"))
+    if model == "ae":
+        assert list(wandb_runs[0].rglob("media/images/samples/input_reconstruction_map*.png"))
 
     (run / "eval").rename(tmp_path / "first_eval")
     assert evaluate_main(["--run", str(run)]) == 0
