@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 from flax import nnx
 
 from imgae_dx_jax.config import ModelConfig
@@ -9,7 +10,14 @@ from imgae_dx_jax.models.autoencoder import Autoencoder
 from imgae_dx_jax.models.reversed_ae import ReversedAutoencoder
 from imgae_dx_jax.models.unet import UNet
 
-__all__ = ["Autoencoder", "ReversedAutoencoder", "UNet", "create_model"]
+__all__ = ["Autoencoder", "ReversedAutoencoder", "UNet", "create_model", "use_fast_path"]
+
+
+def use_fast_path(setting: str) -> bool:
+    """Resolve ``model.fast_path``: ``always``, ``never``, or ``auto`` (on the CPU backend)."""
+    if setting == "auto":
+        return jax.default_backend() == "cpu"
+    return setting == "always"
 
 
 def create_model(cfg: ModelConfig, image_size: int, *, rngs: nnx.Rngs) -> nnx.Module:
@@ -26,10 +34,11 @@ def create_model(cfg: ModelConfig, image_size: int, *, rngs: nnx.Rngs) -> nnx.Mo
     Raises:
         ValueError: for an unknown family name.
     """
+    fast = use_fast_path(cfg.fast_path)
     if cfg.name == "unet":
-        return UNet(cfg.unet.widths, cfg.unet.groups, rngs=rngs)
+        return UNet(cfg.unet.widths, cfg.unet.groups, fast=fast, rngs=rngs)
     if cfg.name == "ra":
-        return ReversedAutoencoder(cfg.ra.widths, cfg.ra.zdim, image_size, rngs=rngs)
+        return ReversedAutoencoder(cfg.ra.widths, cfg.ra.zdim, image_size, fast=fast, rngs=rngs)
     if cfg.name == "ae":
-        return Autoencoder(cfg.ae.widths, cfg.ae.latent_dim, image_size, rngs=rngs)
+        return Autoencoder(cfg.ae.widths, cfg.ae.latent_dim, image_size, fast=fast, rngs=rngs)
     raise ValueError(f"unknown model {cfg.name!r}; choose one of unet, ra, ae")

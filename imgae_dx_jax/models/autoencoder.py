@@ -15,19 +15,37 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from imgae_dx_jax.models.layers import ConvNormAct, batch_norm, upsample_nearest2
+from imgae_dx_jax.models.layers import Conv, ConvNormAct, batch_norm
 
 
 class Autoencoder(nnx.Module):
-    """Conv encoder, dense bottleneck of size ``latent_dim``, mirrored conv decoder."""
+    """Conv encoder, dense bottleneck of size ``latent_dim``, mirrored conv decoder.
 
-    def __init__(self, widths: Sequence[int], latent_dim: int, image_size: int, *, rngs: nnx.Rngs):
+    ``fast`` selects the CPU fast path of :mod:`imgae_dx_jax.models.layers` (same function,
+    same parameters).
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int],
+        latent_dim: int,
+        image_size: int,
+        *,
+        fast: bool = False,
+        rngs: nnx.Rngs,
+    ):
         widths = tuple(widths)
         self.side = image_size // 2 ** len(widths)
         self.down = nnx.List(
             [
                 ConvNormAct(
-                    c_in, c_out, batch_norm(c_out, rngs=rngs), jax.nn.relu, stride=2, rngs=rngs
+                    c_in,
+                    c_out,
+                    batch_norm(c_out, rngs=rngs),
+                    jax.nn.relu,
+                    stride=2,
+                    fast=fast,
+                    rngs=rngs,
                 )
                 for c_in, c_out in zip((1, *widths[:-1]), widths, strict=True)
             ]
@@ -38,11 +56,13 @@ class Autoencoder(nnx.Module):
         up_widths = (*widths[-2::-1], widths[0])
         self.up = nnx.List(
             [
-                ConvNormAct(c_in, c_out, batch_norm(c_out, rngs=rngs), jax.nn.relu, rngs=rngs)
+                ConvNormAct(
+                    c_in, c_out, batch_norm(c_out, rngs=rngs), jax.nn.relu, fast=fast, rngs=rngs
+                )
                 for c_in, c_out in zip(widths[::-1], up_widths, strict=True)
             ]
         )
-        self.head = nnx.Conv(widths[0], 1, (3, 3), rngs=rngs)
+        self.head = Conv(widths[0], 1, (3, 3), fast=fast, rngs=rngs)
 
     def encode(self, x: jax.Array) -> jax.Array:
         """Encode ``x`` [B, H, W, 1] to the latent code [B, latent_dim]."""
@@ -54,7 +74,7 @@ class Autoencoder(nnx.Module):
         """Decode a latent code [B, latent_dim] to an image [B, H, W, 1] in [0, 1]."""
         h = jax.nn.relu(self.from_latent(z)).reshape(z.shape[0], self.side, self.side, -1)
         for layer in self.up:
-            h = layer(upsample_nearest2(h))
+            h = layer(h, upsample=True)
         return jax.nn.sigmoid(self.head(h))
 
     def __call__(self, x: jax.Array) -> jax.Array:

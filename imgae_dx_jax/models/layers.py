@@ -3,14 +3,25 @@
 Normalisation layers use PyTorch's defaults (epsilon 1e-5; BatchNorm running averages with
 PyTorch momentum 0.1, i.e. Flax ``momentum=0.9``) so that the models match their PyTorch
 references.
+
+The fast path (``model.fast_path``; the ``fast`` argument of the layers here) computes the same
+functions with the same parameters in a form that XLA's CPU backend runs faster: a 2x2
+stride-2 transposed convolution as one matrix multiply and a reshape (instead of an
+input-dilated convolution), a nearest x2 upsampling followed by a convolution as four
+sub-pixel convolutions on the low-resolution input (4/9 of the multiply-adds for 3x3), 1x1
+convolutions as matrix multiplies and 2x2 pooling as a reshape and a reduction. Outputs match
+the plain path up to float rounding (and, for max pooling, the split of the gradient between
+tied maxima); parameter trees are identical, so checkpoints are interchangeable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -34,19 +45,140 @@ def group_norm(channels: int, groups: int, *, rngs: nnx.Rngs) -> nnx.GroupNorm:
     return nnx.GroupNorm(channels, num_groups=groups, epsilon=NORM_EPSILON, rngs=rngs)
 
 
-def max_pool2(x: jax.Array) -> jax.Array:
-    """Halve the spatial size with 2x2 max pooling."""
+def _blocks2(x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, H/2, 2, W/2, 2, C] (the 2x2 blocks of a pooling)."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c)
+
+
+def max_pool2(x: jax.Array, fast: bool = False) -> jax.Array:
+    """Halve the spatial size with 2x2 max pooling (``fast``: reshape + max)."""
+    if fast:
+        return jnp.max(_blocks2(x), axis=(2, 4))
     return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
 
 
-def avg_pool2(x: jax.Array) -> jax.Array:
-    """Halve the spatial size with 2x2 average pooling."""
+def avg_pool2(x: jax.Array, fast: bool = False) -> jax.Array:
+    """Halve the spatial size with 2x2 average pooling (``fast``: reshape + mean)."""
+    if fast:
+        return jnp.mean(_blocks2(x), axis=(2, 4))
     return nnx.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
 
 
 def upsample_nearest2(x: jax.Array) -> jax.Array:
     """Double the spatial size by nearest-neighbour repetition."""
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def _phase_taps(kernel_size: int, phase: int) -> tuple[int, np.ndarray]:
+    """Sub-pixel decomposition of one axis of "nearest x2 upsampling, then a SAME conv".
+
+    Output pixel ``2 i + phase`` reads upsampled pixels ``2 i + phase + d`` (``|d| <= p``,
+    ``p = kernel_size // 2``), i.e. low-resolution pixels ``i + (phase + d) // 2``.
+
+    Returns:
+        The smallest low-resolution offset and a 0/1 matrix [offsets, kernel_size] that sums
+        the kernel taps landing on each low-resolution offset.
+    """
+    p = kernel_size // 2
+    offsets = [(phase + d) // 2 for d in range(-p, p + 1)]
+    lo = min(offsets)
+    taps = np.zeros((max(offsets) - lo + 1, kernel_size), np.float32)
+    for tap, offset in enumerate(offsets):
+        taps[offset - lo, tap] = 1.0
+    return lo, taps
+
+
+def upsample_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """``conv(upsample_nearest2(x))`` (stride 1, SAME, odd square kernel) without upsampling.
+
+    Each of the four output phases (even/odd row and column) is a small convolution of the
+    low-resolution input with taps of ``kernel`` summed (2x2 per phase for a 3x3 kernel, 3x3
+    for 5x5); the phases are interleaved at the end.
+    """
+    k = kernel.shape[0]
+    rows = []
+    for a in (0, 1):
+        lo_a, taps_a = _phase_taps(k, a)
+        cols = []
+        for b in (0, 1):
+            lo_b, taps_b = _phase_taps(k, b)
+            phase_kernel = jnp.einsum("ok,pl,klcd->opcd", taps_a, taps_b, kernel)
+            pads = (
+                (-lo_a, lo_a + taps_a.shape[0] - 1),
+                (-lo_b, lo_b + taps_b.shape[0] - 1),
+            )
+            cols.append(
+                jax.lax.conv_general_dilated(
+                    x, phase_kernel, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+                )
+            )
+        rows.append(jnp.stack(cols, axis=3))  # [B, H, W, 2 (column phase), C]
+    y = jnp.stack(rows, axis=2)  # [B, H, 2 (row phase), W, 2, C]
+    b_, h, _, w, _, c = y.shape
+    y = y.reshape(b_, 2 * h, 2 * w, c)
+    return y if bias is None else y + bias
+
+
+class Conv(nnx.Conv):
+    """``nnx.Conv`` (same parameters) with the fast path and a fused nearest x2 upsampling.
+
+    Args:
+        fast: compute 1x1 convolutions as matrix multiplies and ``upsample=True`` calls as
+            sub-pixel convolutions (:func:`upsample_conv`).
+        *args: as for ``nnx.Conv``.
+        **kwargs: as for ``nnx.Conv``.
+    """
+
+    def __init__(self, *args: Any, fast: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.fast = fast
+
+    def _plain(self) -> bool:
+        strides = self.strides if isinstance(self.strides, Sequence) else (self.strides,)
+        return (
+            not self.fast
+            or any(s != 1 for s in strides)
+            or self.padding != "SAME"
+            or any(k % 2 == 0 for k in self.kernel_size)
+            or self.feature_group_count != 1
+        )
+
+    def __call__(self, x: jax.Array, upsample: bool = False) -> jax.Array:
+        """Convolve ``x`` [B, H, W, C]; ``upsample``: convolve its nearest x2 upsampling."""
+        if self._plain():
+            return super().__call__(upsample_nearest2(x) if upsample else x)
+        kernel = self.kernel[...]
+        bias = None if self.bias is None else self.bias[...]
+        if upsample:
+            return upsample_conv(x, kernel, bias)
+        if kernel.shape[:2] == (1, 1):
+            y = x @ kernel[0, 0]
+            return y if bias is None else y + bias
+        return super().__call__(x)
+
+
+class UpConv2x2(nnx.ConvTranspose):
+    """``nnx.ConvTranspose`` with a 2x2 kernel and stride 2 (same parameters), doubling H and W.
+
+    With ``fast`` each input pixel is multiplied by the kernel in one matrix multiply and
+    the four results are laid out as a 2x2 block (the kernel is applied flipped, as XLA's
+    transposed convolution does).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, fast: bool = False, rngs: nnx.Rngs):
+        super().__init__(in_channels, out_channels, (2, 2), strides=(2, 2), rngs=rngs)
+        self.fast = fast
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Upsample ``x`` [B, H, W, C_in] to [B, 2H, 2W, C_out]."""
+        if not self.fast:
+            return super().__call__(x)
+        kernel = self.kernel[...][::-1, ::-1]
+        b, h, w, _ = x.shape
+        y = jnp.einsum("bhwc,ijcd->bhiwjd", x, kernel).reshape(b, 2 * h, 2 * w, -1)
+        assert self.bias is not None  # nnx.ConvTranspose's use_bias is on here
+        return y + self.bias[...]
 
 
 class ConvNormAct(nnx.Module):
@@ -60,15 +192,16 @@ class ConvNormAct(nnx.Module):
         activation: Activation,
         *,
         stride: int = 1,
+        fast: bool = False,
         rngs: nnx.Rngs,
     ):
-        self.conv = nnx.Conv(in_channels, out_channels, (3, 3), strides=stride, rngs=rngs)
+        self.conv = Conv(in_channels, out_channels, (3, 3), strides=stride, fast=fast, rngs=rngs)
         self.norm = norm
         self.activation = activation
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Apply conv -> norm -> activation."""
-        return self.activation(self.norm(self.conv(x)))
+    def __call__(self, x: jax.Array, upsample: bool = False) -> jax.Array:
+        """Apply conv -> norm -> activation (``upsample``: to the nearest x2 upsampled ``x``)."""
+        return self.activation(self.norm(self.conv(x, upsample)))
 
 
 class ResidualBlock(nnx.Module):
@@ -79,20 +212,22 @@ class ResidualBlock(nnx.Module):
     because each is followed by BatchNorm.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(in_channels, out_channels, (3, 3), use_bias=False, rngs=rngs)
-        self.bn1 = batch_norm(out_channels, rngs=rngs)
-        self.conv2 = nnx.Conv(out_channels, out_channels, (3, 3), use_bias=False, rngs=rngs)
-        self.bn2 = batch_norm(out_channels, rngs=rngs)
-        self.expand = (
-            nnx.Conv(in_channels, out_channels, (1, 1), use_bias=False, rngs=rngs)
-            if in_channels != out_channels
-            else None
-        )
+    def __init__(self, in_channels: int, out_channels: int, *, fast: bool = False, rngs: nnx.Rngs):
+        def conv(c_in: int, c_out: int, size: int) -> Conv:
+            return Conv(c_in, c_out, (size, size), use_bias=False, fast=fast, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Apply the block."""
-        identity = x if self.expand is None else self.expand(x)
-        y = leaky_relu(self.bn1(self.conv1(x)))
+        self.fast = fast
+        self.conv1 = conv(in_channels, out_channels, 3)
+        self.bn1 = batch_norm(out_channels, rngs=rngs)
+        self.conv2 = conv(out_channels, out_channels, 3)
+        self.bn2 = batch_norm(out_channels, rngs=rngs)
+        self.expand = conv(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def __call__(self, x: jax.Array, upsample: bool = False) -> jax.Array:
+        """Apply the block (``upsample``: to the nearest x2 upsampling of ``x``)."""
+        identity = x if self.expand is None else self.expand(x)  # a 1x1 conv commutes with it
+        if upsample:
+            identity = upsample_nearest2(identity)
+        y = leaky_relu(self.bn1(self.conv1(x, upsample)))
         y = self.bn2(self.conv2(y))
         return leaky_relu(y + identity)

@@ -29,26 +29,32 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imgae_dx_jax.models.layers import (
-    ResidualBlock,
-    avg_pool2,
-    batch_norm,
-    leaky_relu,
-    upsample_nearest2,
-)
+from imgae_dx_jax.models.layers import Conv, ResidualBlock, avg_pool2, batch_norm, leaky_relu
 
 
 class RAEncoder(nnx.Module):
     """RA encoder: image -> (mu, logvar, multi-scale embeddings)."""
 
-    def __init__(self, widths: Sequence[int], zdim: int, image_size: int, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        widths: Sequence[int],
+        zdim: int,
+        image_size: int,
+        *,
+        fast: bool = False,
+        rngs: nnx.Rngs,
+    ):
         widths = tuple(widths)
-        self.stem = nnx.Conv(1, widths[0], (5, 5), use_bias=False, rngs=rngs)
+        self.fast = fast
+        self.stem = Conv(1, widths[0], (5, 5), use_bias=False, fast=fast, rngs=rngs)
         self.stem_bn = batch_norm(widths[0], rngs=rngs)
         self.blocks = nnx.List(
-            [ResidualBlock(c_in, c_out, rngs=rngs) for c_in, c_out in itertools.pairwise(widths)]
+            [
+                ResidualBlock(c_in, c_out, fast=fast, rngs=rngs)
+                for c_in, c_out in itertools.pairwise(widths)
+            ]
         )
-        self.last = ResidualBlock(widths[-1], widths[-1], rngs=rngs)
+        self.last = ResidualBlock(widths[-1], widths[-1], fast=fast, rngs=rngs)
         side = image_size // 2 ** len(widths)
         self.fc = nnx.Linear(widths[-1] * side * side, 2 * zdim, rngs=rngs)
 
@@ -58,10 +64,10 @@ class RAEncoder(nnx.Module):
         The embeddings are the activations after each of the ``len(widths)`` poolings,
         from the finest ([B, H/2, W/2, widths[0]]) to the coarsest scale.
         """
-        h = avg_pool2(leaky_relu(self.stem_bn(self.stem(x))))
+        h = avg_pool2(leaky_relu(self.stem_bn(self.stem(x))), self.fast)
         embeddings = [h]
         for block in self.blocks:
-            h = avg_pool2(block(h))
+            h = avg_pool2(block(h), self.fast)
             embeddings.append(h)
         h = self.last(h)
         mu, logvar = jnp.split(self.fc(h.reshape(h.shape[0], -1)), 2, axis=-1)
@@ -71,37 +77,59 @@ class RAEncoder(nnx.Module):
 class RADecoder(nnx.Module):
     """RA decoder: latent [B, zdim] -> image [B, H, W, 1] in [0, 1]."""
 
-    def __init__(self, widths: Sequence[int], zdim: int, image_size: int, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        widths: Sequence[int],
+        zdim: int,
+        image_size: int,
+        *,
+        fast: bool = False,
+        rngs: nnx.Rngs,
+    ):
         widths = tuple(widths)
         self.side = image_size // 2 ** len(widths)
         self.fc = nnx.Linear(zdim, widths[-1] * self.side * self.side, rngs=rngs)
         reversed_widths = widths[::-1]
         self.blocks = nnx.List(
             [
-                ResidualBlock(c_in, c_out, rngs=rngs)
+                ResidualBlock(c_in, c_out, fast=fast, rngs=rngs)
                 for c_in, c_out in zip(
                     (widths[-1], *reversed_widths[:-1]), reversed_widths, strict=True
                 )
             ]
         )
-        self.last = ResidualBlock(widths[0], widths[0], rngs=rngs)
-        self.head = nnx.Conv(widths[0], 1, (5, 5), rngs=rngs)
+        self.last = ResidualBlock(widths[0], widths[0], fast=fast, rngs=rngs)
+        self.head = Conv(widths[0], 1, (5, 5), fast=fast, rngs=rngs)
 
     def __call__(self, z: jax.Array) -> jax.Array:
         """Decode ``z`` [B, zdim] to an image [B, H, W, 1]."""
         h = jax.nn.relu(self.fc(z)).reshape(z.shape[0], self.side, self.side, -1)
-        for block in self.blocks:
-            h = upsample_nearest2(block(h))
-        return jax.nn.sigmoid(self.head(self.last(h)))
+        # Each block's output is upsampled (nearest x2) on its way into the next block,
+        # which the fast path folds into that block's first convolution.
+        for i, block in enumerate(self.blocks):
+            h = block(h, upsample=i > 0)
+        return jax.nn.sigmoid(self.head(self.last(h, upsample=True)))
 
 
 class ReversedAutoencoder(nnx.Module):
-    """The RA model: an :class:`RAEncoder` and an :class:`RADecoder`, trained separately."""
+    """The RA model: an :class:`RAEncoder` and an :class:`RADecoder`, trained separately.
 
-    def __init__(self, widths: Sequence[int], zdim: int, image_size: int, *, rngs: nnx.Rngs):
+    ``fast`` selects the CPU fast path of :mod:`imgae_dx_jax.models.layers` (same function,
+    same parameters).
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int],
+        zdim: int,
+        image_size: int,
+        *,
+        fast: bool = False,
+        rngs: nnx.Rngs,
+    ):
         self.zdim = zdim
-        self.encoder = RAEncoder(widths, zdim, image_size, rngs=rngs)
-        self.decoder = RADecoder(widths, zdim, image_size, rngs=rngs)
+        self.encoder = RAEncoder(widths, zdim, image_size, fast=fast, rngs=rngs)
+        self.decoder = RADecoder(widths, zdim, image_size, fast=fast, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Deterministic reconstruction ``D(mu(x))`` of ``x`` [B, H, W, 1]."""

@@ -14,18 +14,27 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imgae_dx_jax.models.layers import ConvNormAct, group_norm, max_pool2
+from imgae_dx_jax.models.layers import Conv, ConvNormAct, UpConv2x2, group_norm, max_pool2
 
 
 class DoubleConv(nnx.Module):
     """Two (conv3x3 -> GroupNorm -> SiLU) layers."""
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        groups: int,
+        *,
+        fast: bool = False,
+        rngs: nnx.Rngs,
+    ):
         self.first = ConvNormAct(
             in_channels,
             out_channels,
             group_norm(out_channels, groups, rngs=rngs),
             jax.nn.silu,
+            fast=fast,
             rngs=rngs,
         )
         self.second = ConvNormAct(
@@ -33,6 +42,7 @@ class DoubleConv(nnx.Module):
             out_channels,
             group_norm(out_channels, groups, rngs=rngs),
             jax.nn.silu,
+            fast=fast,
             rngs=rngs,
         )
 
@@ -48,32 +58,35 @@ class UNet(nnx.Module):
     the bottleneck. Each decoder level upsamples with a 2x2 stride-2 transposed convolution,
     concatenates the encoder skip of the same resolution and applies a :class:`DoubleConv`.
     A 1x1 convolution and a sigmoid give the one-channel reconstruction in [0, 1].
+    ``fast`` selects the CPU fast path of :mod:`imgae_dx_jax.models.layers` (same function,
+    same parameters).
     """
 
-    def __init__(self, widths: Sequence[int], groups: int, *, rngs: nnx.Rngs):
+    def __init__(self, widths: Sequence[int], groups: int, *, fast: bool = False, rngs: nnx.Rngs):
         widths = tuple(widths)
+        self.fast = fast
         self.down = nnx.List(
             [
-                DoubleConv(c_in, c_out, groups, rngs=rngs)
+                DoubleConv(c_in, c_out, groups, fast=fast, rngs=rngs)
                 for c_in, c_out in zip((1, *widths[:-1]), widths, strict=True)
             ]
         )
         skips = widths[-2::-1]
         self.up = nnx.List(
             [
-                nnx.ConvTranspose(c_in, c_out, (2, 2), strides=(2, 2), rngs=rngs)
+                UpConv2x2(c_in, c_out, fast=fast, rngs=rngs)
                 for c_in, c_out in zip(widths[:0:-1], skips, strict=True)
             ]
         )
-        self.up_conv = nnx.List([DoubleConv(2 * c, c, groups, rngs=rngs) for c in skips])
-        self.head = nnx.Conv(widths[0], 1, (1, 1), rngs=rngs)
+        self.up_conv = nnx.List([DoubleConv(2 * c, c, groups, fast=fast, rngs=rngs) for c in skips])
+        self.head = Conv(widths[0], 1, (1, 1), fast=fast, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Reconstruct ``x`` ([B, H, W, 1] in [0, 1]); returns [B, H, W, 1] in [0, 1]."""
         skips = []
         for i, block in enumerate(self.down):
             if i:
-                x = max_pool2(x)
+                x = max_pool2(x, self.fast)
             x = block(x)
             skips.append(x)
         x = skips.pop()
