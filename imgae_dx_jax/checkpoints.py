@@ -9,11 +9,16 @@ that reads as good; a checkpoint that is complete but unreadable (a truncated fi
 aside with a warning and the previous one is used.
 
 The last ``keep`` checkpoints are kept, plus the one with the lowest validation loss.
+
+A save that fails (disk full, an I/O error) raises :class:`CheckpointError` naming the step,
+the cause and the newest complete checkpoint, which is left untouched; the half-written
+temporary directory is removed when the run directory is next opened.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,7 @@ _policies = ocp.checkpoint_managers
 
 
 class CheckpointError(RuntimeError):
-    """No checkpoint of the run can be read."""
+    """No checkpoint of the run can be read, or one cannot be written."""
 
 
 class Checkpoints:
@@ -46,9 +51,18 @@ class Checkpoints:
             ]
         )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, create=True, enable_async_checkpointing=True
+            preservation_policy=policy,
+            create=True,
+            enable_async_checkpointing=True,
+            cleanup_tmp_directories=True,  # the leftovers of a failed or killed save
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        except OSError as err:
+            raise CheckpointError(
+                f"cannot use the checkpoint directory {self.directory}: {err}"
+            ) from None
+        self._pending: int | None = None
 
     def save(
         self,
@@ -67,17 +81,54 @@ class Checkpoints:
         """
         if step in self._manager.all_steps():
             return
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                model=ocp.args.StandardSave(model),
-                opt=ocp.args.StandardSave(opt),
-                data_iter=grain.checkpoint.CheckpointSave(data_iter),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            metrics=None if val_loss is None else {"val_loss": val_loss},
-            force=True,
+        self.wait()  # a failure of the previous (asynchronous) save surfaces here
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    model=ocp.args.StandardSave(model),
+                    opt=ocp.args.StandardSave(opt),
+                    data_iter=grain.checkpoint.CheckpointSave(data_iter),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                metrics=None if val_loss is None else {"val_loss": val_loss},
+                force=True,
+            )
+        except Exception as err:
+            raise self._write_error(step, err) from None
+        self._pending = step
+
+    def wait(self) -> None:
+        """Wait until the pending save is on disk.
+
+        Raises:
+            CheckpointError: when it failed (the previous checkpoint is intact).
+        """
+        step, self._pending = self._pending, None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as err:
+            raise self._write_error(step, err) from None
+
+    def _write_error(self, step: int | None, err: BaseException) -> CheckpointError:
+        text = str(err)
+        os_error = re.search(r"([^:\n]+?)\s*\[os_error_code='(\d+)'", text)
+        if os_error:  # tensorstore: '...: Failed to write N bytes to file: File too large [...]'
+            cause = f"{os_error.group(1).strip()} (errno {os_error.group(2)})"
+        elif isinstance(err, OSError) and err.strerror:
+            cause = f"{err.strerror} (errno {err.errno})"
+        else:
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            cause = (lines[0] if lines else type(err).__name__)[:300]
+        good = [s for s in self._manager.all_steps() if s != step]
+        kept = (
+            f"the previous checkpoint (step {max(good)}) is intact: fix the problem (free disk "
+            "space, check the drive) and rerun the same command to resume from it"
+            if good
+            else "no earlier checkpoint exists"
         )
+        what = "a checkpoint" if step is None else f"checkpoint {step}"
+        return CheckpointError(f"could not write {what} in {self.directory}: {cause}; {kept}")
 
     def steps(self) -> list[int]:
         """Return the steps with a complete checkpoint, oldest first."""
@@ -133,7 +184,21 @@ class Checkpoints:
         shutil.move(str(self.directory / str(step)), target)
         self._manager.reload()
 
-    def close(self) -> None:
-        """Finish pending saves and release the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+    def close(self, *, raise_errors: bool = True) -> None:
+        """Finish pending saves and release the manager.
+
+        Args:
+            raise_errors: raise :class:`CheckpointError` when the pending save failed (pass
+                ``False`` while another exception is already on its way out).
+        """
+        try:
+            self.wait()
+        except CheckpointError as err:
+            if raise_errors:
+                raise
+            log.error("%s", err)
+        finally:
+            try:
+                self._manager.close()
+            except Exception as err:  # the failed save is reported above
+                log.debug("closing the checkpoint manager: %s", err)

@@ -1,7 +1,9 @@
 """Command-line entry points: parse arguments, call the library, print results.
 
-User errors (a bad config, missing data, an unusable run directory) end with one clear
-message and exit status 2; ``--debug`` shows the traceback.
+User errors (a bad config, missing data, an unusable run directory, a NaN loss, a checkpoint
+that cannot be written) end with one clear message and exit status 2; ``--debug`` shows the
+traceback. A signal that stops training after its checkpoint exits with 128 + the signal
+(130 for Ctrl-C, 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from imgae_dx_jax import __version__
-from imgae_dx_jax.config import MODELS, SOURCES, STAGES, WANDB_MODES, ConfigError, load_config
+from imgae_dx_jax.config import (
+    MODELS,
+    PRECISIONS,
+    SOURCES,
+    STAGES,
+    WANDB_MODES,
+    ConfigError,
+    load_config,
+)
 
 
 def parse_stages(text: str) -> list[str]:
@@ -48,6 +58,12 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="training compute dtype: float32 (default) or bf16 for GPU/TPU "
+        "(bfloat16 compute, float32 parameters and optimiser state)",
+    )
     parser.add_argument(
         "--run-dir", type=Path, help="run directory (default: runs/<model>; rerunning continues it)"
     )
@@ -165,6 +181,7 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
         ("data.image_size", args.image_size),
         ("train.batch_size", args.batch_size),
         ("train.seed", args.seed),
+        ("train.precision", getattr(args, "precision", None)),
         ("tracking.wandb", args.wandb),
     ]
     out = [f"{key}={value}" for key, value in flags if value is not None]
@@ -184,6 +201,22 @@ def setup_logging(debug: bool) -> None:
     logging.getLogger("imgae_dx_jax").setLevel(logging.DEBUG if debug else logging.INFO)
     if not debug:
         logging.getLogger("absl").setLevel(logging.ERROR)
+        # Libraries (Orbax through absl, asyncio) log their failures with tracebacks; the
+        # error we raise says what happened, so keep their lines short.
+        for name in ("absl", "asyncio"):
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _NoTraceback) for f in logger.filters):
+                logger.addFilter(_NoTraceback())
+
+
+class _NoTraceback(logging.Filter):
+    """Drop the traceback of a library's log record and keep its first line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        message = record.getMessage().splitlines()
+        record.msg, record.args = (message[0][:300] if message else ""), None
+        return True
 
 
 def run_cli(
@@ -197,7 +230,7 @@ def run_cli(
     from imgae_dx_jax.evaluate import RunError
     from imgae_dx_jax.predict import PredictError
     from imgae_dx_jax.tracking import TrackingError
-    from imgae_dx_jax.train import Interrupted, RunDirError
+    from imgae_dx_jax.train import Interrupted, NonFiniteLossError, RunDirError
 
     args = parser.parse_args(argv)
     setup_logging(args.debug)
@@ -211,6 +244,7 @@ def run_cli(
         CheckpointError,
         PredictError,
         TrackingError,
+        NonFiniteLossError,
     ) as err:
         if args.debug:
             raise
@@ -221,7 +255,7 @@ def run_cli(
             f"{parser.prog}: {err}; checkpoint saved, run the same command to resume",
             file=sys.stderr,
         )
-        return 143
+        return 128 + int(err.signum)
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
@@ -361,3 +395,163 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 def predict_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``imgae-predict`` / ``python -m imgae_dx_jax.predict``."""
     return run_cli(_predict, predict_parser(), argv)
+
+
+def config_parser() -> argparse.ArgumentParser:
+    """Arguments of ``imgae-config``."""
+    parser = argparse.ArgumentParser(
+        prog="imgae-config",
+        description="Show, validate and check configurations and credentials.",
+    )
+    _common(parser)
+    sub_debug = argparse.ArgumentParser(add_help=False)
+    sub_debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    layered = argparse.ArgumentParser(add_help=False)
+    layered.add_argument("--config", help="YAML config file (path or packaged name)")
+    layered.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser(
+        "show",
+        parents=[layered, sub_debug],
+        help="print the resolved configuration as YAML (defaults, then --config, then --set)",
+    )
+    validate = commands.add_parser(
+        "validate", parents=[sub_debug], help="check a config file; exit 0 when valid, else 2"
+    )
+    validate.add_argument("file", help="YAML config file (path or packaged name)")
+    validate.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    check = commands.add_parser(
+        "check",
+        parents=[layered, sub_debug],
+        help="report whether Kaggle credentials and W&B are configured and reachable "
+        "(secrets are never printed)",
+    )
+    check.add_argument(
+        "--kaggle-endpoint",
+        default=None,
+        metavar="URL",
+        help="Kaggle API host to try (default: https://api.kaggle.com)",
+    )
+    check.add_argument(
+        "--wandb-endpoint",
+        default=None,
+        metavar="URL",
+        help="W&B server to try (default: $WANDB_BASE_URL or https://api.wandb.ai)",
+    )
+    check.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds per reachability check (default 5)"
+    )
+    check.add_argument("--offline", action="store_true", help="skip the reachability checks")
+    return parser
+
+
+def _show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from imgae_dx_jax.config import to_dict
+    from imgae_dx_jax.tracking import public_config
+
+    config = load_config(args.config, args.set)
+    print(yaml.safe_dump(public_config(to_dict(config)), sort_keys=False), end="")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    config = load_config(args.file, args.set)
+    print(
+        f"{args.file}: valid ({config.model.name} model, source {config.data.source}, "
+        f"{config.data.image_size}px, stages {','.join(config.data.stages)})"
+    )
+    return 0
+
+
+def _reach(url: str, timeout: float) -> tuple[bool, str]:
+    """HEAD ``url`` without credentials; never raises."""
+    import requests
+
+    try:
+        response = requests.head(url, timeout=timeout, allow_redirects=False)
+    except requests.RequestException as err:
+        return False, f"cannot reach {url} (offline or no network?): {type(err).__name__}"
+    return True, f"{url} answered HTTP {response.status_code}"
+
+
+def _wandb_credentials() -> str | None:
+    """Where W&B credentials are (WANDB_API_KEY, or a ~/.netrc entry ``wandb login`` wrote)."""
+    import netrc
+    import os
+    from urllib.parse import urlsplit
+
+    if os.environ.get("WANDB_API_KEY"):
+        return "WANDB_API_KEY environment variable"
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or ""
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        if netrc.netrc(str(path)).authenticators(host):
+            return f"{path} entry for {host}"
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    import os
+
+    from imgae_dx_jax.data import kaggle
+
+    config = load_config(args.config, args.set)
+    status = kaggle.credentials_status()
+    needs_kaggle = config.data.source == "kaggle"
+    print(f"data source: {config.data.source}" + (" (needs Kaggle)" if needs_kaggle else ""))
+    if status.found:
+        print(f"Kaggle credentials: found ({'; '.join(status.sources)})")
+    else:
+        need = "needed" if needs_kaggle else "needed only for --source kaggle"
+        print(f"Kaggle credentials: not found ({need})")
+        if needs_kaggle:
+            print("  " + kaggle.CREDENTIALS_HELP.replace("\n", "\n  "))
+    for warning in status.warnings:
+        print(f"  warning: {warning}")
+    mode = config.tracking.wandb
+    where = config.tracking.dir or "<run dir>"
+    print(
+        f"W&B: {mode}"
+        + {
+            "offline": f" (local files under {where}/wandb, no network or login needed; "
+            "upload later with `wandb sync`)",
+            "online": " (needs `wandb login` and the network)",
+            "disabled": " (nothing is logged to W&B; metrics.jsonl is written anyway)",
+        }[mode]
+    )
+    found = _wandb_credentials()
+    if found:
+        print(f"W&B credentials: found ({found})")
+    else:
+        need = "needed" if mode == "online" else "needed only for online mode"
+        print(f"W&B credentials: not found ({need}: run `wandb login`)")
+    if args.offline:
+        print("reachability: not checked (--offline)")
+        return 0
+    kaggle_url = args.kaggle_endpoint or kaggle.API_ENDPOINT
+    wandb_url = args.wandb_endpoint or os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    for name, url in (("Kaggle API", kaggle_url), ("W&B server", wandb_url)):
+        ok, detail = _reach(url, args.timeout)
+        print(f"{name}: {'reachable' if ok else 'not reachable'} ({kaggle.scrub(detail)})")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    commands = {"show": _show, "validate": _validate, "check": _check}
+    if args.command not in commands:
+        config_parser().print_help(sys.stderr)
+        return 2
+    return commands[args.command](args)
+
+
+def config_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``imgae-config``: ``show``, ``validate FILE``, ``check``."""
+    return run_cli(_config, config_parser(), argv)

@@ -28,6 +28,7 @@ UNET_MODES = ("denoising", "reconstruction")
 STAGES = tuple(f"images_{i:03d}" for i in range(1, 13))
 WANDB_MODES = ("online", "offline", "disabled")
 FAST_PATHS = ("auto", "always", "never")
+PRECISIONS = ("float32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -155,6 +156,10 @@ class TrainConfig:
     shard_params: bool
     """Shard parameters and optimiser state over the devices (FSDP style) instead of
     replicating them: for models too large to hold on every device."""
+    precision: str = "float32"
+    """Computation dtype of the convolutions and linear layers while training: ``float32``, or
+    ``bf16`` (bfloat16, for GPU/TPU) with float32 parameters, optimiser state, losses and
+    outputs."""
 
 
 @dataclass(frozen=True)
@@ -302,8 +307,11 @@ def from_dict(tree: Mapping[str, Any], origin: str) -> Config:
 
 
 def dump_yaml(config: Config, path: Path) -> None:
-    """Write the resolved configuration to ``path`` as YAML."""
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Write the resolved configuration to ``path`` as YAML, headed by the package version."""
+    from imgae_dx_jax import __version__
+
+    header = f"# imgae-dx-jax {__version__}\n"
+    path.write_text(header + yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
@@ -378,6 +386,11 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
         fail(key, "must be >= 0 (0 = off)")
     if t.keep_checkpoints < 1:
         fail("train.keep_checkpoints", "must be >= 1")
+    if t.precision not in PRECISIONS:
+        fail(
+            "train.precision",
+            f"unknown precision {t.precision!r}; choose one of {', '.join(PRECISIONS)}",
+        )
     if config.tracking.wandb not in WANDB_MODES:
         fail(
             "tracking.wandb",

@@ -104,7 +104,7 @@ def state_shardings(state: Any, mesh: Mesh, shard_params: bool) -> Any:
             return replicated(mesh)
         for axis in reversed(range(np.ndim(x))):
             if np.shape(x)[axis] % mesh.size == 0:
-                spec = [None] * np.ndim(x)
+                spec: list[str | None] = [None] * np.ndim(x)
                 spec[axis] = DATA_AXIS
                 return NamedSharding(mesh, PartitionSpec(*spec))
         return replicated(mesh)

@@ -428,7 +428,9 @@ def subgroups(split: SplitScores) -> list[dict[str, Any]]:
     return rows
 
 
-def scaled_boxes(catalog: Catalog, key: str, image_size: int) -> list[tuple[str, ...]]:
+def scaled_boxes(
+    catalog: Catalog, key: str, image_size: int
+) -> list[tuple[str, float, float, float, float]]:
     """NIH boxes of an image as ``(finding, x, y, w, h)`` in ``image_size`` pixels."""
     scale = image_size / BOX_SCALE
     return [
@@ -493,7 +495,7 @@ class ModelResult:
     examples: SplitScores
     """A few test images with maps: typical, best and worst cases (see :func:`example_kinds`)."""
     example_kinds: tuple[str, ...]
-    boxes: dict[str, list[tuple[str, ...]]]
+    boxes: dict[str, list[tuple[str, float, float, float, float]]]
     """Scaled NIH boxes of the example images, by image name."""
     map_scale: float
     """Anomaly-map value at which overlays saturate (see :func:`map_scale`)."""
@@ -599,6 +601,10 @@ def evaluate_model(
     scorer = Scorer(restore_model(run_dir, config), config)
     val = score_split(scorer, config, splits.val, store)
     test = score_split(scorer, config, splits.test, store)
+    for part, skipped in (("validation", val.skipped), ("test", test.skipped)):
+        if skipped:  # also in metrics.json under "skipped"
+            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+            log.warning("%s: %s images skipped (%s)", part, sum(skipped.values()), reasons)
     for split_name, split in (("validation", val), ("test", test)):
         if len(set(split.labels.tolist())) < 2:
             raise DataError(

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING, cast
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,9 @@ import optax
 from flax import nnx
 
 from imgae_dx_jax.config import AEConfig, ModelConfig, RAConfig, UNetConfig
+
+if TYPE_CHECKING:
+    from imgae_dx_jax.models.reversed_ae import ReversedAutoencoder
 
 Metrics = dict[str, jax.Array]
 Optimizers = dict[str, nnx.Optimizer]
@@ -231,9 +235,10 @@ def embedding_loss(emb_a: Sequence[jax.Array], emb_b: Sequence[jax.Array]) -> ja
 
 
 def _ra_optimizers(model: nnx.Module, *, learning_rate: float) -> Optimizers:
+    ra = cast("ReversedAutoencoder", model)
     return {
-        "encoder": nnx.Optimizer(model.encoder, optax.adam(learning_rate), wrt=nnx.Param),
-        "decoder": nnx.Optimizer(model.decoder, optax.adam(learning_rate), wrt=nnx.Param),
+        "encoder": nnx.Optimizer(ra.encoder, optax.adam(learning_rate), wrt=nnx.Param),
+        "decoder": nnx.Optimizer(ra.decoder, optax.adam(learning_rate), wrt=nnx.Param),
     }
 
 
@@ -248,10 +253,11 @@ def _ra_train_step(
     the decoder loss.
     """
     model.train()
-    encoder, decoder = model.encoder, model.decoder
+    ra = cast("ReversedAutoencoder", model)
+    encoder, decoder = ra.encoder, ra.decoder
     scale = 1.0 / (batch.shape[1] * batch.shape[2] * batch.shape[3])
     k_prior, k_z, k_rec, k_fake, k_dec_rec, k_dec_fake = jax.random.split(key, 6)
-    z_prior = jax.random.normal(k_prior, (batch.shape[0], model.zdim), batch.dtype)
+    z_prior = jax.random.normal(k_prior, (batch.shape[0], ra.zdim), batch.dtype)
 
     def encoder_loss(enc: nnx.Module, dec: nnx.Module) -> tuple[jax.Array, Metrics]:
         mu, logvar, emb_x = enc(batch)
@@ -331,7 +337,7 @@ def _ra_eval_losses(cfg: RAConfig, model: nnx.Module, batch: jax.Array, key: jax
     ``key`` is unused: validation is deterministic.
     """
     del cfg, key
-    view = eval_view(model)
+    view = cast("ReversedAutoencoder", eval_view(model))
     mu, logvar, _ = view.encoder(batch)
     return {
         "loss": mse(view.decoder(mu), batch),

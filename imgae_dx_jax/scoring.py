@@ -15,12 +15,17 @@ The image score is the mean of the map.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from imgae_dx_jax.config import ModelConfig
 from imgae_dx_jax.objectives import cosine_distance, eval_view
+
+if TYPE_CHECKING:
+    from imgae_dx_jax.models.reversed_ae import ReversedAutoencoder
 
 
 def anomaly_maps(
@@ -33,10 +38,12 @@ def anomaly_maps(
     """
     view = eval_view(model)
     if cfg.name == "ra":
-        mu, _, emb_x = view.encoder(batch)
-        x_hat = view.decoder(mu)
-        _, _, emb_hat = view.encoder(x_hat)
-        saliency = encoder_saliency(emb_x, emb_hat, batch.shape[1:3], cfg.ra.saliency_sigma)
+        ra = cast("ReversedAutoencoder", view)
+        mu, _, emb_x = ra.encoder(batch)
+        x_hat = ra.decoder(mu)
+        _, _, emb_hat = ra.encoder(x_hat)
+        size = (batch.shape[1], batch.shape[2])
+        saliency = encoder_saliency(emb_x, emb_hat, size, cfg.ra.saliency_sigma)
         residual = jnp.abs(batch - x_hat)[..., 0] * saliency
     else:
         x_hat = view(batch)

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -181,7 +181,7 @@ class Tracker:
         )
         try:
             self._run = wandb.init(
-                mode=self.mode,
+                mode=cast(Literal["online", "offline", "disabled"], self.mode),
                 project=self.project,
                 entity=self.entity or None,
                 dir=str(directory),

@@ -42,7 +42,7 @@ from imgae_dx_jax.config import Config, ConfigError, dump_yaml, from_dict, to_di
 from imgae_dx_jax.data import Store, load_splits
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset, train_dataset
 from imgae_dx_jax.data.split import Splits
-from imgae_dx_jax.models import create_model
+from imgae_dx_jax.models import compute_dtype, create_model
 from imgae_dx_jax.objectives import get_objective
 from imgae_dx_jax.scoring import anomaly_maps
 from imgae_dx_jax.tracking import Tracker, resource_metrics
@@ -59,6 +59,15 @@ class RunDirError(RuntimeError):
 
 class Interrupted(Exception):
     """Training stopped on SIGTERM/SIGINT after saving a checkpoint."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM) -> None:
+        super().__init__(message)
+        self.signum = signum
+        """The signal that stopped training (the CLI exits with 128 + it)."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; nothing after the last good checkpoint was saved."""
 
 
 def to_unit_float(images: jax.Array) -> jax.Array:
@@ -182,8 +191,15 @@ def build_trainer(config: Config, mesh: jax.sharding.Mesh) -> Trainer:
 
     The steps are pure functions of (state, batch, step): the state is donated and replicated
     (or FSDP-sharded with ``train.shard_params``), the batch is sharded along ``data``.
+    With ``train.precision: bf16`` the model computes in bfloat16 (it casts its input batch on
+    entry) while parameters, optimiser state, outputs and losses stay float32.
     """
-    model = create_model(config.model, config.data.image_size, rngs=nnx.Rngs(config.train.seed))
+    model = create_model(
+        config.model,
+        config.data.image_size,
+        dtype=compute_dtype(config.train.precision),
+        rngs=nnx.Rngs(config.train.seed),
+    )
     objective = get_objective(config.model)
     optimizers = objective.create_optimizers(model)
     graphdef, state = nnx.split((model, optimizers))
@@ -416,6 +432,7 @@ def train(
             tracker.start(config, run_dir)
     trainer = build_trainer(config, mesh)
     checkpoints = Checkpoints(run_dir / "checkpoints", keep=config.train.keep_checkpoints)
+    finished = False
     try:
         progress, restored_step = _restore(checkpoints, trainer)
         history = list(progress.completed_stages) + ([progress.stage] if progress.stage else [])
@@ -452,13 +469,18 @@ def train(
             config, run_config, run_dir, mesh, trainer, checkpoints, store, splits, progress
         )
         loop.metrics.tracker = tracker
-        for stage in todo:
-            if not loop.train_stage(stage, restored_step if stage == progress.stage else None):
-                break
+        try:
+            for stage in todo:
+                if not loop.train_stage(stage, restored_step if stage == progress.stage else None):
+                    break
+        finally:
+            loop.log_skips()
+        checkpoints.wait()  # the last checkpoint is on disk before the export is written
         model_state, _ = trainer.parts()
         export_model(run_dir, run_config, model_state)
+        finished = True
     finally:
-        checkpoints.close()
+        checkpoints.close(raise_errors=finished)
     return TrainResult(run_config, trainer.model_and_optimizers()[0])
 
 
@@ -512,6 +534,11 @@ class _Loop:
         self.progress = progress
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=distributed.is_main_process())
         self.last_save = time.monotonic()
+        self.pending: list[Any] = []
+        """Per-step loss terms (device arrays) not yet checked for NaN/inf."""
+        self.pending_first_step = 0
+        self.skips: dict[tuple[str, str], SkipLog] = {}
+        """(split, stage) -> images skipped, for the summary at the end of the run."""
         self.meta_base = {
             "config": to_dict(run_config),
             "config_hash": config_hash(config),
@@ -538,7 +565,8 @@ class _Loop:
         if p.stage != stage:
             p.stage, p.epoch, p.step_in_epoch = stage, 0, 0
         trained = set(p.completed_stages) | {stage}
-        train_skips, val_skips = SkipLog(), SkipLog()
+        train_skips = self.skips.setdefault(("train", stage), SkipLog())
+        val_skips = self.skips.setdefault(("validation", stage), SkipLog())
         train_source = self._source([r for r in self.splits.train if r.stage == stage], train_skips)
         val_source = self._source([r for r in self.splits.val if r.stage in trained], val_skips)
         shard = distributed.process_shard()
@@ -564,6 +592,7 @@ class _Loop:
                 self._epoch(data_iter, steps_per_epoch, stop)
                 cut = p.step_in_epoch < steps_per_epoch  # train.max_steps reached mid-epoch
                 val = validation_loss(self.trainer, val_source, self.config, self.mesh, p.step)
+                self._check_finite([val], p.step, what="validation loss")
                 if not cut:
                     p.epoch, p.step_in_epoch = p.epoch + 1, 0
                 if p.best_val_loss is None or val["val_loss"] < p.best_val_loss:
@@ -586,10 +615,21 @@ class _Loop:
         p.completed_stages.append(stage)
         p.stage, p.epoch = "", 0
         self._save(data_iter, None)
-        for name, skips in (("train", train_skips), ("validation", val_skips)):
-            if len(skips):
-                log.warning("%s images skipped in stage %s: %s", name, stage, skips.by_reason())
         return True
+
+    def log_skips(self) -> None:
+        """Log the images skipped in this invocation, by split, stage and reason."""
+        lines = [
+            f"{split} {stage}: {len(skips)} ("
+            + ", ".join(f"{n} {reason}" for reason, n in sorted(skips.by_reason().items()))
+            + ")"
+            for (split, stage), skips in self.skips.items()
+            if len(skips)
+        ]
+        if lines:
+            log.warning("skipped images by reason: %s", "; ".join(lines))
+        elif self.skips:
+            log.info("no images were skipped")
 
     def _epoch(self, data_iter: Any, steps_per_epoch: int, stop: StopFlag) -> None:
         cfg, p = self.config.train, self.progress
@@ -604,23 +644,27 @@ class _Loop:
             desc=f"{p.stage} epoch {p.epoch + 1}/{cfg.epochs}",
             dynamic_ncols=True,
         )
-        window_start, window_images, pending = time.perf_counter(), 0, []
+        window_start, window_images, self.pending = time.perf_counter(), 0, []
         for _ in range(steps):
             batch = next(data_iter)
             images = distributed.global_batch(batch["image"], self.mesh)
             self.trainer.state, metrics = self.trainer.train_step(
                 self.trainer.state, images, np.uint32(p.step)
             )
+            if not self.pending:
+                self.pending_first_step = p.step + 1
             p.step += 1
             p.step_in_epoch += 1
             window_images += images.shape[0]
-            pending.append(metrics)
+            self.pending.append(metrics)
             bar.update(1)
             if p.step % cfg.log_every == 0:
-                host = jax.device_get(pending)
+                host = jax.device_get(self.pending)
+                self._check_finite(host, self.pending_first_step)
                 elapsed = time.perf_counter() - window_start
-                record = {name: float(np.mean([m[name] for m in host])) for name in host[0]}
-                self._check_finite(record)
+                record: dict[str, Any] = {
+                    name: float(np.mean([m[name] for m in host])) for name in host[0]
+                }
                 record.update(
                     step=p.step,
                     stage=p.stage,
@@ -631,7 +675,7 @@ class _Loop:
                 )
                 self.metrics.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
-                window_start, window_images, pending = time.perf_counter(), 0, []
+                window_start, window_images, self.pending = time.perf_counter(), 0, []
             images_every = self.config.tracking.images_every
             if self.metrics.tracker is not None and images_every and p.step % images_every == 0:
                 self._log_samples(images)
@@ -640,7 +684,9 @@ class _Loop:
             if stop.signal is not None:
                 bar.close()
                 self._save(data_iter, None)
-                raise Interrupted(f"stopped by {signal.Signals(stop.signal).name} at step {p.step}")
+                raise Interrupted(
+                    f"stopped by {signal.Signals(stop.signal).name} at step {p.step}", stop.signal
+                )
         bar.close()
 
     def _log_samples(self, images: jax.Array) -> None:
@@ -658,13 +704,33 @@ class _Loop:
             step=self.progress.step,
         )
 
-    def _check_finite(self, record: dict[str, float]) -> None:
-        bad = {k: v for k, v in record.items() if not np.isfinite(v)}
-        if bad:
-            terms = ", ".join(f"{k}={v}" for k, v in record.items())
-            raise FloatingPointError(
-                f"non-finite loss near step {self.progress.step} ({terms}); the last checkpoint "
-                f"is intact: resume from it, e.g. with a lower learning rate"
+    def _check_finite(
+        self, records: list[dict[str, Any]], first_step: int, what: str = "loss"
+    ) -> None:
+        """Stop at the first step whose loss terms are not all finite.
+
+        Raises:
+            NonFiniteLossError: naming the step, every loss term and how to resume.
+        """
+        for offset, record in enumerate(records):
+            values = {k: float(np.asarray(v)) for k, v in record.items()}
+            if all(np.isfinite(v) for v in values.values()):
+                continue
+            terms = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+            family = self.config.model.name
+            lr = getattr(self.config.model, family).learning_rate
+            saved = self.checkpoints.steps()
+            kept = (
+                f"nothing was saved after step {max(saved)}, whose checkpoint is intact: rerun "
+                "the same command to resume from it, e.g. with a lower learning rate "
+                f"(--set model.{family}.learning_rate={lr / 10:g})"
+                if saved
+                else "no checkpoint was saved yet: lower the learning rate "
+                f"(--set model.{family}.learning_rate={lr / 10:g}) and start again"
+            )
+            raise NonFiniteLossError(
+                f"non-finite {what} at step {first_step + offset} ({terms}); training stopped "
+                f"and {kept}"
             )
 
     def _save_due(self) -> bool:
@@ -677,6 +743,8 @@ class _Loop:
         return bool(by_steps or by_time)
 
     def _save(self, data_iter: Any, val_loss: float | None) -> None:
+        if self.pending:  # never checkpoint a model whose last steps went NaN
+            self._check_finite(jax.device_get(self.pending), self.pending_first_step)
         model_state, opt_state = self.trainer.parts()
         meta = {**self.meta_base, "progress": vars(self.progress).copy()}
         self.checkpoints.save(self.progress.step, model_state, opt_state, data_iter, meta, val_loss)

@@ -51,6 +51,14 @@ class _Transient(Exception):
     """A failure worth retrying (5xx, 429, a short body)."""
 
 
+_QUERY = re.compile(r"\?[^\s'\"<>]*=[^\s'\"<>)]*")
+
+
+def redact_urls(text: str) -> str:
+    """Drop the query strings of URLs inside a message (``requests`` errors quote them)."""
+    return _QUERY.sub("?<redacted>", text)
+
+
 def public_url(url: str) -> str:
     """The URL without its query and fragment (signed URLs carry credentials there)."""
     parts = urlsplit(url)
@@ -173,10 +181,16 @@ class HttpFile:
                 if failures > self.retries:
                     raise DataError(
                         f"{self.description}: reading {what} failed {failures} times; "
-                        f"last error: {err}"
+                        f"last error: {redact_urls(str(err))}"
                     ) from None
                 delay = min(self.backoff * 2 ** (failures - 1), 30.0)
-                log.warning("%s: %s (%s); retrying in %.1fs", self.description, what, err, delay)
+                log.warning(
+                    "%s: %s (%s); retrying in %.1fs",
+                    self.description,
+                    what,
+                    redact_urls(str(err)),
+                    delay,
+                )
                 time.sleep(delay)
 
     def _refresh(self, stale: str) -> None:
@@ -308,7 +322,7 @@ def download(url: str, target: Path, *, retries: int, timeout: float, backoff: f
                 if failures > retries:
                     raise DataError(
                         f"downloading {public_url(url)} failed {failures} times; last error: "
-                        f"{err}; rerun to resume from {part}"
+                        f"{redact_urls(str(err))}; rerun to resume from {part}"
                     ) from None
                 time.sleep(min(backoff * 2 ** (failures - 1), 30.0))
 

@@ -102,6 +102,8 @@ class Catalog:
     """Per image: (finding, x, y, w, h) boxes in 1024-pixel coordinates."""
     unmatched_images: int = 0
     """Images in the store without a CSV row (left out)."""
+    rows_without_images: int = 0
+    """Rows of ``Data_Entry_2017.csv`` whose image is not in the store (any stage)."""
     folder_splits: dict[str, str] = field(default_factory=dict)
     """Per image key: ``train``/``val``/``test`` when the data comes with its own split folders
     (an image folder tree); empty otherwise."""
@@ -117,14 +119,28 @@ def parse_data_entry(text: str) -> dict[str, Entry]:
     Raises:
         DataError: when the header does not start with the expected columns.
     """
-    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    try:
+        return _parse_data_entry(text)
+    except csv.Error as err:
+        raise DataError(f"Data_Entry_2017.csv is not a readable CSV file: {err}") from None
+
+
+def _parse_data_entry(text: str) -> dict[str, Entry]:
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
     header = next(reader, None)
     if header is None:
         raise DataError("Data_Entry_2017.csv is empty")
     names = tuple(h.strip() for h in header[: len(_CSV_COLUMNS)])
     if names != _CSV_COLUMNS:
+        present = {h.strip() for h in header}
+        missing = [c for c in _CSV_COLUMNS if c not in present]
+        problem = (
+            f"missing column(s) {', '.join(missing)}"
+            if missing
+            else f"columns out of order: {', '.join(names)}"
+        )
         raise DataError(
-            f"Data_Entry_2017.csv: unexpected header {names}; expected it to start with "
+            f"Data_Entry_2017.csv: unexpected header ({problem}); it must start with "
             f"{', '.join(_CSV_COLUMNS)}"
         )
     entries: dict[str, Entry] = {}
@@ -132,7 +148,10 @@ def parse_data_entry(text: str) -> dict[str, Entry]:
         if not row or not any(cell.strip() for cell in row):
             continue
         if len(row) < len(_CSV_COLUMNS):
-            raise DataError(f"Data_Entry_2017.csv line {line}: expected at least 7 columns")
+            raise DataError(
+                f"Data_Entry_2017.csv line {line}: {len(row)} columns, expected at least "
+                f"{len(_CSV_COLUMNS)} ({', '.join(_CSV_COLUMNS)})"
+            )
         image, labels, _, patient, age, sex, view = (c.strip() for c in row[:7])
         findings = () if labels == NORMAL_LABEL else tuple(sorted(labels.split("|")))
         entries[image] = Entry(image, findings, patient, _parse_age(age), sex, view)
@@ -241,8 +260,23 @@ def build_catalog(store: Store, stages: tuple[str, ...]) -> Catalog:
         )
     if unmatched:
         log.warning("%d images have no row in Data_Entry_2017.csv and are left out", unmatched)
+    rows_without_images = sum(1 for image in entries if image not in located)
+    if rows_without_images:
+        log.info(
+            "%d rows of Data_Entry_2017.csv have no image in %s (expected when only some "
+            "stages are present)",
+            rows_without_images,
+            store.description,
+        )
     test_name = _find(names, "test_list.txt")
     official = frozenset(store.read(test_name).decode().split()) if test_name is not None else None
     box_name = _find(names, "BBox_List_2017.csv")
     boxes = parse_boxes(store.read(box_name).decode("utf-8-sig")) if box_name else {}
-    return Catalog(tuple(records), tuple(stages), official, boxes, unmatched)
+    return Catalog(
+        tuple(records),
+        tuple(stages),
+        official,
+        boxes,
+        unmatched,
+        rows_without_images=rows_without_images,
+    )

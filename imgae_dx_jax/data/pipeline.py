@@ -93,7 +93,7 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray] | None:
+    def __getitem__(self, index: int) -> dict[str, np.ndarray | np.int32] | None:
         record = self.records[index]
         cached = self._cached[index]
         if cached is not None:

@@ -11,18 +11,26 @@ X-rays (AE4AD, MICCAI 2024).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 from flax import nnx
 
-from imgae_dx_jax.models.layers import Conv, ConvNormAct, batch_norm
+from imgae_dx_jax.models.layers import (
+    Conv,
+    ConvNormAct,
+    at_least_float32,
+    batch_norm,
+    to_compute_dtype,
+)
 
 
 class Autoencoder(nnx.Module):
     """Conv encoder, dense bottleneck of size ``latent_dim``, mirrored conv decoder.
 
     ``fast`` selects the CPU fast path of :mod:`imgae_dx_jax.models.layers` (same function,
-    same parameters).
+    same parameters); ``dtype`` is the computation dtype of the convolutions and linear layers
+    (parameters, the latent code and the reconstruction stay float32).
     """
 
     def __init__(
@@ -32,9 +40,11 @@ class Autoencoder(nnx.Module):
         image_size: int,
         *,
         fast: bool = False,
+        dtype: Any = None,
         rngs: nnx.Rngs,
     ):
         widths = tuple(widths)
+        self.dtype = dtype
         self.side = image_size // 2 ** len(widths)
         self.down = nnx.List(
             [
@@ -45,37 +55,45 @@ class Autoencoder(nnx.Module):
                     jax.nn.relu,
                     stride=2,
                     fast=fast,
+                    dtype=dtype,
                     rngs=rngs,
                 )
                 for c_in, c_out in zip((1, *widths[:-1]), widths, strict=True)
             ]
         )
         flat = widths[-1] * self.side * self.side
-        self.to_latent = nnx.Linear(flat, latent_dim, rngs=rngs)
-        self.from_latent = nnx.Linear(latent_dim, flat, rngs=rngs)
+        self.to_latent = nnx.Linear(flat, latent_dim, dtype=dtype, rngs=rngs)
+        self.from_latent = nnx.Linear(latent_dim, flat, dtype=dtype, rngs=rngs)
         up_widths = (*widths[-2::-1], widths[0])
         self.up = nnx.List(
             [
                 ConvNormAct(
-                    c_in, c_out, batch_norm(c_out, rngs=rngs), jax.nn.relu, fast=fast, rngs=rngs
+                    c_in,
+                    c_out,
+                    batch_norm(c_out, rngs=rngs),
+                    jax.nn.relu,
+                    fast=fast,
+                    dtype=dtype,
+                    rngs=rngs,
                 )
                 for c_in, c_out in zip(widths[::-1], up_widths, strict=True)
             ]
         )
-        self.head = Conv(widths[0], 1, (3, 3), fast=fast, rngs=rngs)
+        self.head = Conv(widths[0], 1, (3, 3), fast=fast, dtype=dtype, rngs=rngs)
 
     def encode(self, x: jax.Array) -> jax.Array:
-        """Encode ``x`` [B, H, W, 1] to the latent code [B, latent_dim]."""
+        """Encode ``x`` [B, H, W, 1] to the latent code [B, latent_dim] (float32)."""
+        x = to_compute_dtype(x, self.dtype)
         for layer in self.down:
             x = layer(x)
-        return self.to_latent(x.reshape(x.shape[0], -1))
+        return at_least_float32(self.to_latent(x.reshape(x.shape[0], -1)))
 
     def decode(self, z: jax.Array) -> jax.Array:
         """Decode a latent code [B, latent_dim] to an image [B, H, W, 1] in [0, 1]."""
         h = jax.nn.relu(self.from_latent(z)).reshape(z.shape[0], self.side, self.side, -1)
         for layer in self.up:
             h = layer(h, upsample=True)
-        return jax.nn.sigmoid(self.head(h))
+        return jax.nn.sigmoid(at_least_float32(self.head(h)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Reconstruct ``x`` [B, H, W, 1]."""

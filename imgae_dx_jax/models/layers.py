@@ -12,6 +12,15 @@ sub-pixel convolutions on the low-resolution input (4/9 of the multiply-adds for
 convolutions as matrix multiplies and 2x2 pooling as a reshape and a reduction. Outputs match
 the plain path up to float rounding (and, for max pooling, the split of the gradient between
 tied maxima); parameter trees are identical, so checkpoints are interchangeable.
+
+Mixed precision (``train.precision: bf16``; the ``dtype`` argument of the layers here): the
+convolutions, transposed convolutions and linear layers compute in ``dtype`` (e.g.
+``jnp.bfloat16``) from float32 parameters (``param_dtype`` stays float32, so gradients and
+optimiser state are float32). Normalisation layers are left at ``dtype=None``: their float32
+parameters promote the bfloat16 input, so means, variances and the normalised output are float32
+(bfloat16 keeps 8 mantissa bits, too few for batch statistics and their running averages); the
+next convolution casts back to ``dtype``. The models cast their outputs to float32, so losses,
+anomaly maps and scores are float32.
 """
 
 from __future__ import annotations
@@ -65,6 +74,16 @@ def avg_pool2(x: jax.Array, fast: bool = False) -> jax.Array:
     return nnx.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
 
 
+def at_least_float32(x: jax.Array) -> jax.Array:
+    """Cast a model output computed in bfloat16 back to float32 (float64 stays float64)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def to_compute_dtype(x: jax.Array, dtype: Any) -> jax.Array:
+    """Cast a model input to the computation dtype (``None``: leave it as it is)."""
+    return x if dtype is None else x.astype(dtype)
+
+
 def upsample_nearest2(x: jax.Array) -> jax.Array:
     """Double the spatial size by nearest-neighbour repetition."""
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
@@ -94,7 +113,8 @@ def upsample_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> ja
 
     Each of the four output phases (even/odd row and column) is a small convolution of the
     low-resolution input with taps of ``kernel`` summed (2x2 per phase for a 3x3 kernel, 3x3
-    for 5x5); the phases are interleaved at the end.
+    for 5x5); the phases are interleaved at the end. The taps are summed in the kernel's dtype
+    and the convolutions run in ``x``'s dtype.
     """
     k = kernel.shape[0]
     rows = []
@@ -103,7 +123,7 @@ def upsample_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> ja
         cols = []
         for b in (0, 1):
             lo_b, taps_b = _phase_taps(k, b)
-            phase_kernel = jnp.einsum("ok,pl,klcd->opcd", taps_a, taps_b, kernel)
+            phase_kernel = jnp.einsum("ok,pl,klcd->opcd", taps_a, taps_b, kernel).astype(x.dtype)
             pads = (
                 (-lo_a, lo_a + taps_a.shape[0] - 1),
                 (-lo_b, lo_b + taps_b.shape[0] - 1),
@@ -127,7 +147,8 @@ class Conv(nnx.Conv):
         fast: compute 1x1 convolutions as matrix multiplies and ``upsample=True`` calls as
             sub-pixel convolutions (:func:`upsample_conv`).
         *args: as for ``nnx.Conv``.
-        **kwargs: as for ``nnx.Conv``.
+        **kwargs: as for ``nnx.Conv`` (``dtype``: the computation dtype, also on the fast
+            path).
     """
 
     def __init__(self, *args: Any, fast: bool = False, **kwargs: Any):
@@ -151,7 +172,9 @@ class Conv(nnx.Conv):
         kernel = self.kernel[...]
         bias = None if self.bias is None else self.bias[...]
         if upsample:
+            x, bias = self.promote_dtype((x, bias), dtype=self.dtype)
             return upsample_conv(x, kernel, bias)
+        x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
         if kernel.shape[:2] == (1, 1):
             y = x @ kernel[0, 0]
             return y if bias is None else y + bias
@@ -163,22 +186,32 @@ class UpConv2x2(nnx.ConvTranspose):
 
     With ``fast`` each input pixel is multiplied by the kernel in one matrix multiply and
     the four results are laid out as a 2x2 block (the kernel is applied flipped, as XLA's
-    transposed convolution does).
+    transposed convolution does). ``dtype`` is the computation dtype (parameters stay float32).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, fast: bool = False, rngs: nnx.Rngs):
-        super().__init__(in_channels, out_channels, (2, 2), strides=(2, 2), rngs=rngs)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        fast: bool = False,
+        dtype: Any = None,
+        rngs: nnx.Rngs,
+    ):
+        super().__init__(in_channels, out_channels, (2, 2), strides=(2, 2), dtype=dtype, rngs=rngs)
         self.fast = fast
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Upsample ``x`` [B, H, W, C_in] to [B, 2H, 2W, C_out]."""
         if not self.fast:
             return super().__call__(x)
-        kernel = self.kernel[...][::-1, ::-1]
+        assert self.bias is not None  # nnx.ConvTranspose's use_bias is on here
+        x, kernel, bias = self.promote_dtype(
+            (x, self.kernel[...][::-1, ::-1], self.bias[...]), dtype=self.dtype
+        )
         b, h, w, _ = x.shape
         y = jnp.einsum("bhwc,ijcd->bhiwjd", x, kernel).reshape(b, 2 * h, 2 * w, -1)
-        assert self.bias is not None  # nnx.ConvTranspose's use_bias is on here
-        return y + self.bias[...]
+        return y + bias
 
 
 class ConvNormAct(nnx.Module):
@@ -193,9 +226,18 @@ class ConvNormAct(nnx.Module):
         *,
         stride: int = 1,
         fast: bool = False,
+        dtype: Any = None,
         rngs: nnx.Rngs,
     ):
-        self.conv = Conv(in_channels, out_channels, (3, 3), strides=stride, fast=fast, rngs=rngs)
+        self.conv = Conv(
+            in_channels,
+            out_channels,
+            (3, 3),
+            strides=stride,
+            fast=fast,
+            dtype=dtype,
+            rngs=rngs,
+        )
         self.norm = norm
         self.activation = activation
 
@@ -212,9 +254,19 @@ class ResidualBlock(nnx.Module):
     because each is followed by BatchNorm.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, fast: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        fast: bool = False,
+        dtype: Any = None,
+        rngs: nnx.Rngs,
+    ):
         def conv(c_in: int, c_out: int, size: int) -> Conv:
-            return Conv(c_in, c_out, (size, size), use_bias=False, fast=fast, rngs=rngs)
+            return Conv(
+                c_in, c_out, (size, size), use_bias=False, fast=fast, dtype=dtype, rngs=rngs
+            )
 
         self.fast = fast
         self.conv1 = conv(in_channels, out_channels, 3)

@@ -24,12 +24,21 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imgae_dx_jax.models.layers import Conv, ResidualBlock, avg_pool2, batch_norm, leaky_relu
+from imgae_dx_jax.models.layers import (
+    Conv,
+    ResidualBlock,
+    at_least_float32,
+    avg_pool2,
+    batch_norm,
+    leaky_relu,
+    to_compute_dtype,
+)
 
 
 class RAEncoder(nnx.Module):
@@ -42,36 +51,41 @@ class RAEncoder(nnx.Module):
         image_size: int,
         *,
         fast: bool = False,
+        dtype: Any = None,
         rngs: nnx.Rngs,
     ):
         widths = tuple(widths)
         self.fast = fast
-        self.stem = Conv(1, widths[0], (5, 5), use_bias=False, fast=fast, rngs=rngs)
+        self.dtype = dtype
+        self.stem = Conv(1, widths[0], (5, 5), use_bias=False, fast=fast, dtype=dtype, rngs=rngs)
         self.stem_bn = batch_norm(widths[0], rngs=rngs)
         self.blocks = nnx.List(
             [
-                ResidualBlock(c_in, c_out, fast=fast, rngs=rngs)
+                ResidualBlock(c_in, c_out, fast=fast, dtype=dtype, rngs=rngs)
                 for c_in, c_out in itertools.pairwise(widths)
             ]
         )
-        self.last = ResidualBlock(widths[-1], widths[-1], fast=fast, rngs=rngs)
+        self.last = ResidualBlock(widths[-1], widths[-1], fast=fast, dtype=dtype, rngs=rngs)
         side = image_size // 2 ** len(widths)
-        self.fc = nnx.Linear(widths[-1] * side * side, 2 * zdim, rngs=rngs)
+        self.fc = nnx.Linear(widths[-1] * side * side, 2 * zdim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
         """Encode ``x`` [B, H, W, 1] to ``mu``, ``logvar`` [B, zdim] and the embeddings.
 
         The embeddings are the activations after each of the ``len(widths)`` poolings,
-        from the finest ([B, H/2, W/2, widths[0]]) to the coarsest scale.
+        from the finest ([B, H/2, W/2, widths[0]]) to the coarsest scale. All are float32
+        whatever the computation dtype.
         """
+        x = to_compute_dtype(x, self.dtype)
         h = avg_pool2(leaky_relu(self.stem_bn(self.stem(x))), self.fast)
         embeddings = [h]
         for block in self.blocks:
             h = avg_pool2(block(h), self.fast)
             embeddings.append(h)
         h = self.last(h)
-        mu, logvar = jnp.split(self.fc(h.reshape(h.shape[0], -1)), 2, axis=-1)
-        return mu, logvar, embeddings
+        stats = at_least_float32(self.fc(h.reshape(h.shape[0], -1)))
+        mu, logvar = jnp.split(stats, 2, axis=-1)
+        return mu, logvar, [at_least_float32(e) for e in embeddings]
 
 
 class RADecoder(nnx.Module):
@@ -84,22 +98,23 @@ class RADecoder(nnx.Module):
         image_size: int,
         *,
         fast: bool = False,
+        dtype: Any = None,
         rngs: nnx.Rngs,
     ):
         widths = tuple(widths)
         self.side = image_size // 2 ** len(widths)
-        self.fc = nnx.Linear(zdim, widths[-1] * self.side * self.side, rngs=rngs)
+        self.fc = nnx.Linear(zdim, widths[-1] * self.side * self.side, dtype=dtype, rngs=rngs)
         reversed_widths = widths[::-1]
         self.blocks = nnx.List(
             [
-                ResidualBlock(c_in, c_out, fast=fast, rngs=rngs)
+                ResidualBlock(c_in, c_out, fast=fast, dtype=dtype, rngs=rngs)
                 for c_in, c_out in zip(
                     (widths[-1], *reversed_widths[:-1]), reversed_widths, strict=True
                 )
             ]
         )
-        self.last = ResidualBlock(widths[0], widths[0], fast=fast, rngs=rngs)
-        self.head = Conv(widths[0], 1, (5, 5), fast=fast, rngs=rngs)
+        self.last = ResidualBlock(widths[0], widths[0], fast=fast, dtype=dtype, rngs=rngs)
+        self.head = Conv(widths[0], 1, (5, 5), fast=fast, dtype=dtype, rngs=rngs)
 
     def __call__(self, z: jax.Array) -> jax.Array:
         """Decode ``z`` [B, zdim] to an image [B, H, W, 1]."""
@@ -108,14 +123,15 @@ class RADecoder(nnx.Module):
         # which the fast path folds into that block's first convolution.
         for i, block in enumerate(self.blocks):
             h = block(h, upsample=i > 0)
-        return jax.nn.sigmoid(self.head(self.last(h, upsample=True)))
+        return jax.nn.sigmoid(at_least_float32(self.head(self.last(h, upsample=True))))
 
 
 class ReversedAutoencoder(nnx.Module):
     """The RA model: an :class:`RAEncoder` and an :class:`RADecoder`, trained separately.
 
     ``fast`` selects the CPU fast path of :mod:`imgae_dx_jax.models.layers` (same function,
-    same parameters).
+    same parameters); ``dtype`` is the computation dtype of the convolutions and linear layers
+    (parameters, ``mu``/``logvar``, embeddings and reconstructions stay float32).
     """
 
     def __init__(
@@ -125,11 +141,12 @@ class ReversedAutoencoder(nnx.Module):
         image_size: int,
         *,
         fast: bool = False,
+        dtype: Any = None,
         rngs: nnx.Rngs,
     ):
         self.zdim = zdim
-        self.encoder = RAEncoder(widths, zdim, image_size, fast=fast, rngs=rngs)
-        self.decoder = RADecoder(widths, zdim, image_size, fast=fast, rngs=rngs)
+        self.encoder = RAEncoder(widths, zdim, image_size, fast=fast, dtype=dtype, rngs=rngs)
+        self.decoder = RADecoder(widths, zdim, image_size, fast=fast, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Deterministic reconstruction ``D(mu(x))`` of ``x`` [B, H, W, 1]."""

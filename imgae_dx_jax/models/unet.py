@@ -9,12 +9,21 @@ classic PyTorch U-Net: with widths ``(32, 64, 128, 256)`` it has 1,927,841 param
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imgae_dx_jax.models.layers import Conv, ConvNormAct, UpConv2x2, group_norm, max_pool2
+from imgae_dx_jax.models.layers import (
+    Conv,
+    ConvNormAct,
+    UpConv2x2,
+    at_least_float32,
+    group_norm,
+    max_pool2,
+    to_compute_dtype,
+)
 
 
 class DoubleConv(nnx.Module):
@@ -27,6 +36,7 @@ class DoubleConv(nnx.Module):
         groups: int,
         *,
         fast: bool = False,
+        dtype: Any = None,
         rngs: nnx.Rngs,
     ):
         self.first = ConvNormAct(
@@ -35,6 +45,7 @@ class DoubleConv(nnx.Module):
             group_norm(out_channels, groups, rngs=rngs),
             jax.nn.silu,
             fast=fast,
+            dtype=dtype,
             rngs=rngs,
         )
         self.second = ConvNormAct(
@@ -43,6 +54,7 @@ class DoubleConv(nnx.Module):
             group_norm(out_channels, groups, rngs=rngs),
             jax.nn.silu,
             fast=fast,
+            dtype=dtype,
             rngs=rngs,
         )
 
@@ -59,30 +71,43 @@ class UNet(nnx.Module):
     concatenates the encoder skip of the same resolution and applies a :class:`DoubleConv`.
     A 1x1 convolution and a sigmoid give the one-channel reconstruction in [0, 1].
     ``fast`` selects the CPU fast path of :mod:`imgae_dx_jax.models.layers` (same function,
-    same parameters).
+    same parameters); ``dtype`` is the computation dtype of the convolutions (parameters and
+    the returned reconstruction stay float32).
     """
 
-    def __init__(self, widths: Sequence[int], groups: int, *, fast: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        widths: Sequence[int],
+        groups: int,
+        *,
+        fast: bool = False,
+        dtype: Any = None,
+        rngs: nnx.Rngs,
+    ):
         widths = tuple(widths)
         self.fast = fast
+        self.dtype = dtype
         self.down = nnx.List(
             [
-                DoubleConv(c_in, c_out, groups, fast=fast, rngs=rngs)
+                DoubleConv(c_in, c_out, groups, fast=fast, dtype=dtype, rngs=rngs)
                 for c_in, c_out in zip((1, *widths[:-1]), widths, strict=True)
             ]
         )
         skips = widths[-2::-1]
         self.up = nnx.List(
             [
-                UpConv2x2(c_in, c_out, fast=fast, rngs=rngs)
+                UpConv2x2(c_in, c_out, fast=fast, dtype=dtype, rngs=rngs)
                 for c_in, c_out in zip(widths[:0:-1], skips, strict=True)
             ]
         )
-        self.up_conv = nnx.List([DoubleConv(2 * c, c, groups, fast=fast, rngs=rngs) for c in skips])
-        self.head = Conv(widths[0], 1, (1, 1), fast=fast, rngs=rngs)
+        self.up_conv = nnx.List(
+            [DoubleConv(2 * c, c, groups, fast=fast, dtype=dtype, rngs=rngs) for c in skips]
+        )
+        self.head = Conv(widths[0], 1, (1, 1), fast=fast, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Reconstruct ``x`` ([B, H, W, 1] in [0, 1]); returns [B, H, W, 1] in [0, 1]."""
+        x = to_compute_dtype(x, self.dtype)
         skips = []
         for i, block in enumerate(self.down):
             if i:
@@ -92,4 +117,4 @@ class UNet(nnx.Module):
         x = skips.pop()
         for up, conv in zip(self.up, self.up_conv, strict=True):
             x = conv(jnp.concatenate([up(x), skips.pop()], axis=-1))
-        return jax.nn.sigmoid(self.head(x))
+        return jax.nn.sigmoid(at_least_float32(self.head(x)))

@@ -29,7 +29,17 @@ TINY_UNET = [
     "model.unet.groups=4",
 ]
 TINY_AE = ["--model", "ae", "--set", "model.ae.widths=[8,16,32]", "--set", "model.ae.latent_dim=8"]
-COMMON = ["--image-size", "32", "--batch-size", "8", "--set", "train.log_every=2"]
+# W&B is not under test here; its background writer would race the directory digests.
+COMMON = [
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--set",
+    "train.log_every=2",
+    "--wandb",
+    "disabled",
+]
 
 
 def export_params(run: Path) -> dict[str, np.ndarray]:

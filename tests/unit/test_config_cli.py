@@ -1,0 +1,97 @@
+"""``imgae-config show / validate / check`` and property-based tests of the override parser."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from imgae_dx_jax.cli import config_main
+from imgae_dx_jax.config import ConfigError, load_config, parse_override, to_dict
+
+
+def closed_port() -> str:
+    """A loopback URL nothing listens on: connections are refused at once, never leave."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_show_prints_the_resolved_yaml(capsys):
+    assert config_main(["show", "--set", "data.image_size=32", "--set", "model.name=ae"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    expected = to_dict(load_config(None, ["data.image_size=32", "model.name=ae"]))
+    assert shown["data"]["image_size"] == 32 and shown["model"]["name"] == "ae"
+    assert shown["train"] == expected["train"]
+
+
+def test_validate_accepts_good_and_rejects_bad_files(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("model:\n  name: ae\ntrain:\n  epochs: 2\n")
+    assert config_main(["validate", str(good)]) == 0
+    assert "valid" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epoch: 2\n")
+    assert config_main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "train.epoch" in err and "Traceback" not in err
+    assert config_main(["validate", str(tmp_path / "missing.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [1,\n")
+    assert config_main(["validate", str(broken)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert config_main([]) == 2
+
+
+def test_check_reports_missing_credentials_and_offline(tmp_path, monkeypatch, capsys):
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    url = closed_port()
+    args = ["check", "--kaggle-endpoint", url, "--wandb-endpoint", url, "--timeout", "2"]
+    assert config_main([*args, "--set", "data.source=kaggle"]) == 0
+    out = capsys.readouterr().out
+    assert "Kaggle credentials: not found (needed)" in out and "KAGGLE_USERNAME" in out
+    assert "Kaggle API: not reachable" in out and "offline or no network" in out
+    assert "W&B server: not reachable" in out and "W&B: offline" in out
+    assert config_main(["check", "--offline"]) == 0
+    assert "not checked (--offline)" in capsys.readouterr().out
+
+
+_key = st.from_regex(
+    r"[A-Za-z_][A-Za-z0-9_]{0,6}(\.[A-Za-z_][A-Za-z0-9_]{0,6}){0,3}", fullmatch=True
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(item=st.text(max_size=40))
+def test_parse_override_only_raises_config_errors(item):
+    try:
+        key, _ = parse_override(item)
+    except ConfigError as err:
+        assert "--set" in str(err)
+        return
+    assert "=" in item and key == item.partition("=")[0].strip()
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=_key, value=st.text(max_size=20))
+def test_any_override_loads_or_names_the_key(key, value):
+    try:
+        load_config(None, [f"{key}={value}"])
+    except ConfigError as err:
+        assert "--set" in str(err)
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=st.floats(min_value=1e-12, max_value=10, allow_nan=False))
+def test_float_overrides_round_trip(value):
+    for text in (repr(value), f"{value:e}"):
+        config = load_config(None, [f"model.ae.learning_rate={text}"])
+        assert config.model.ae.learning_rate == pytest.approx(value)
