@@ -269,6 +269,11 @@ def test_url_errors_are_clear(tmp_path, server):
         load_splits(_config(tmp_path, "url", closed, "data.retries=1").data)
 
 
+def _forget_kaggle_client() -> None:
+    for module in [m for m in sys.modules if m == "kaggle" or m.startswith("kaggle.")]:
+        del sys.modules[module]
+
+
 @pytest.fixture(scope="module")
 def kaggle_env(tmp_path_factory, archive_bytes):
     """Environment of the real kaggle client: temp HOME/config dir, stand-in reached as proxy."""
@@ -283,10 +288,11 @@ def kaggle_env(tmp_path_factory, archive_bytes):
         mp.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")
         mp.setenv("HTTP_PROXY", stand_in.proxy)
         mp.setenv("NO_PROXY", "127.0.0.1")
-        assert "kaggle" not in sys.modules, "the kaggle client must be imported in this env"
+        # The client reads its environment when imported: import it afresh in this one (an
+        # earlier test may have imported it elsewhere), and forget it again afterwards.
+        _forget_kaggle_client()
         yield archive, stand_in, home
-        for module in [m for m in sys.modules if m == "kaggle" or m.startswith("kaggle.")]:
-            del sys.modules[module]
+        _forget_kaggle_client()
     stand_in.close()
     archive.close()
 
