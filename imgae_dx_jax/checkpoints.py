@@ -134,11 +134,6 @@ class Checkpoints:
         """Return the steps with a complete checkpoint, oldest first."""
         return sorted(self._manager.all_steps())
 
-    def read_meta(self, step: int) -> dict[str, Any]:
-        """Return the JSON metadata of one checkpoint."""
-        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(restored["meta"])
-
     def restore_latest(self, model: Any, opt: Any) -> tuple[int, dict[str, Any]]:
         """Restore the newest readable checkpoint shaped like the given targets.
 
