@@ -1,4 +1,6 @@
-"""One Orbax ``CheckpointManager`` that saves and restores a run's whole state at once.
+"""Checkpoints: full-state saves and their cadence, and the params-only inference export.
+
+One Orbax ``CheckpointManager`` saves and restores a run's whole state at once.
 
 Each checkpoint holds, as one composite save: ``model`` (parameters and normalisation
 statistics), ``opt`` (every optimiser's state), ``data_iter`` (the grain iterator state, so a
@@ -20,18 +22,22 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
+from flax import nnx
+
+from imgae_dx_jax import distributed
+from imgae_dx_jax import run_dir as rundir
+from imgae_dx_jax.config import Config, TrainConfig
+from imgae_dx_jax.errors import CheckpointError, RunError
+from imgae_dx_jax.families import create_model
 
 log = logging.getLogger(__name__)
 _policies = ocp.checkpoint_managers
-
-
-class CheckpointError(RuntimeError):
-    """No checkpoint of the run can be read, or one cannot be written."""
 
 
 class Checkpoints:
@@ -197,3 +203,63 @@ class Checkpoints:
                 self._manager.close()
             except Exception as err:  # the failed save is reported above
                 log.debug("closing the checkpoint manager: %s", err)
+
+
+class SaveCadence:
+    """When to save besides the ends of epochs and stages: every N steps and/or M minutes."""
+
+    def __init__(self, train: TrainConfig) -> None:
+        self.every_steps = train.checkpoint_every_steps
+        self.every_minutes = train.checkpoint_every_minutes
+        self.last_save = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        """Whether a save is due after optimiser step ``step``."""
+        by_steps = self.every_steps and step % self.every_steps == 0
+        minutes = (time.monotonic() - self.last_save) / 60
+        by_time = self.every_minutes > 0 and minutes >= self.every_minutes
+        return bool(by_steps or by_time)
+
+    def saved(self) -> None:
+        """Restart the time count after a save."""
+        self.last_save = time.monotonic()
+
+
+def export_model(run_dir: Path, config: Config, model_state: Any) -> None:
+    """Write the inference export ``<run>/export/``: model state and config, no optimiser.
+
+    The arrays are gathered to host memory (every process takes part) and process 0 writes
+    them alone, so the export loads anywhere, on any number of devices. Evaluation adds the
+    validation-calibrated threshold (``threshold.json``); prediction needs nothing else.
+    """
+    host_state = distributed.to_host(model_state)
+    if not distributed.is_main_process():
+        return
+    export = rundir.export_dir(run_dir)
+    staging = rundir.export_staging_dir(run_dir)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    with distributed.local_checkpointer() as checkpointer:
+        checkpointer.save(staging.absolute() / rundir.EXPORT_MODEL, host_state)
+        checkpointer.wait_until_finished()
+    rundir.write_config(config, staging)
+    shutil.rmtree(export, ignore_errors=True)
+    staging.rename(export)
+
+
+def restore_model(run_dir: Path, config: Config) -> nnx.Module:
+    """Load the run's inference export (``<run>/export/model``) without any training state.
+
+    Raises:
+        RunError: when the run has no export yet.
+    """
+    path = (rundir.export_dir(run_dir) / rundir.EXPORT_MODEL).absolute()
+    if not path.is_dir():
+        raise RunError(f"{run_dir} has no exported model yet (train it first)")
+    abstract = nnx.eval_shape(
+        lambda: create_model(config.model, config.data.image_size, rngs=nnx.Rngs(0))
+    )
+    graphdef, target = nnx.split(abstract)
+    with distributed.local_checkpointer() as checkpointer:
+        state = checkpointer.restore(path, target)
+    return nnx.merge(graphdef, state)

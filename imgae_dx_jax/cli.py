@@ -1,4 +1,10 @@
-"""Command-line entry points: parse arguments, call the library, print results.
+"""The command line: argument parsers, exit codes, printing, and ``imgae-config``.
+
+Each command's entry point is its thin module (``imgae-train`` = :func:`imgae_dx_jax.train.main`,
+``imgae-evaluate`` = :func:`imgae_dx_jax.evaluate.main`, ``imgae-predict`` =
+:func:`imgae_dx_jax.predict.main`), which parses with a parser of this module, calls the
+library (:mod:`imgae_dx_jax.api`) and runs under :func:`run_cli`, so that a command imports
+only what it runs (``imgae-predict`` never loads the trainer or the evaluator).
 
 User errors (a bad config, missing data, an unusable run directory, a NaN loss, a checkpoint
 that cannot be written) end with one clear message and exit status 2; ``--debug`` shows the
@@ -9,29 +15,32 @@ traceback. A signal that stops training after its checkpoint exits with 128 + th
 from __future__ import annotations
 
 import argparse
-import logging
+import netrc
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import yaml
 
 from imgae_dx_jax import __version__
 from imgae_dx_jax.config import (
     MODELS,
     PRECISIONS,
     SOURCES,
-    STAGES,
     WANDB_MODES,
-    ConfigError,
     load_config,
+    parse_stages,
+    to_dict,
 )
-
-
-def parse_stages(text: str) -> list[str]:
-    """``images_001,images_002`` or ``all`` -> stage names (validated by the config)."""
-    if text.strip().lower() == "all":
-        return list(STAGES)
-    return [s.strip() for s in text.split(",") if s.strip()]
+from imgae_dx_jax.data import kaggle
+from imgae_dx_jax.errors import ImgaeError, Interrupted
+from imgae_dx_jax.logs import setup_logging
+from imgae_dx_jax.results import Prediction
+from imgae_dx_jax.tracking import public_config
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -190,184 +199,38 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
     return out + list(args.set)
 
 
-def setup_logging(debug: bool) -> None:
-    """Console logging: INFO for this package, warnings only for the libraries under it."""
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        force=True,
-    )
-    logging.getLogger("imgae_dx_jax").setLevel(logging.DEBUG if debug else logging.INFO)
-    if not debug:
-        logging.getLogger("absl").setLevel(logging.ERROR)
-        # Libraries (Orbax through absl, asyncio) log their failures with tracebacks; the
-        # error we raise says what happened, so keep their lines short.
-        for name in ("absl", "asyncio"):
-            logger = logging.getLogger(name)
-            if not any(isinstance(f, _NoTraceback) for f in logger.filters):
-                logger.addFilter(_NoTraceback())
-
-
-class _NoTraceback(logging.Filter):
-    """Drop the traceback of a library's log record and keep its first line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.exc_info, record.exc_text, record.stack_info = None, None, None
-        message = record.getMessage().splitlines()
-        record.msg, record.args = (message[0][:300] if message else ""), None
-        return True
-
-
 def run_cli(
     main: Callable[[argparse.Namespace], int],
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,
 ) -> int:
-    """Parse, run ``main``, and turn user errors into one message and exit status 2."""
-    from imgae_dx_jax.checkpoints import CheckpointError
-    from imgae_dx_jax.data import DataError
-    from imgae_dx_jax.evaluate import RunError
-    from imgae_dx_jax.predict import PredictError
-    from imgae_dx_jax.tracking import TrackingError
-    from imgae_dx_jax.train import Interrupted, NonFiniteLossError, RunDirError
+    """Parse, run ``main``, and turn user errors into one message and their exit status.
 
+    Every :class:`~imgae_dx_jax.errors.ImgaeError` ends with its ``exit_code`` (2, or
+    128 + the signal for an interrupted training run); ``--debug`` re-raises it instead.
+    """
     args = parser.parse_args(argv)
     setup_logging(args.debug)
     try:
         return main(args)
-    except (
-        ConfigError,
-        DataError,
-        RunError,
-        RunDirError,
-        CheckpointError,
-        PredictError,
-        TrackingError,
-        NonFiniteLossError,
-    ) as err:
-        if args.debug:
-            raise
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
     except Interrupted as err:
         print(
             f"{parser.prog}: {err}; checkpoint saved, run the same command to resume",
             file=sys.stderr,
         )
-        return 128 + int(err.signum)
+        return err.exit_code
+    except ImgaeError as err:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
 
 
-def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
-    """Print the held-out test results a person reads first."""
-    counts = metrics["split_counts"]
-    print(f"\nRun: {run_dir}")
-    print("Split by patient (train uses normal images only):")
-    for name in ("train", "val", "test"):
-        normal, abnormal = counts[name]["normal"], counts[name]["abnormal"]
-        print(f"  {name:5s} {normal:5d} normal  {abnormal:5d} abnormal")
-    print(
-        f"Held-out test ({metrics['model']}, {metrics['n_normal']} normal / "
-        f"{metrics['n_abnormal']} abnormal images of unseen patients):"
-    )
-    print(
-        f"  AUROC {metrics['auroc']:.3f}   AUPRC {metrics['auprc']:.3f}   "
-        f"FPR@95%TPR {metrics['fpr_at_95_tpr']:.3f}"
-    )
-    print(
-        f"  at the validation-chosen threshold {metrics['threshold']:.4g}: "
-        f"sensitivity {metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}, "
-        f"F1 {metrics['f1']:.3f}"
-    )
-
-
-def _train(args: argparse.Namespace) -> int:
-    from imgae_dx_jax import distributed
-    from imgae_dx_jax.train import default_run_dir, train_and_evaluate
-
-    config = load_config(args.config, overrides_from_args(args))
-    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    if not distributed.is_main_process():
-        logging.getLogger("imgae_dx_jax").setLevel(logging.WARNING)
-    run_dir = args.run_dir or default_run_dir(config)
-    metrics = train_and_evaluate(config, run_dir, resume=args.resume, overwrite=args.overwrite)
-    if metrics is not None:
-        print_summary(metrics, run_dir)
-    return 0
-
-
-def print_comparison(comparison: Any) -> None:
-    """Print the per-model table and the DeLong tests of an evaluation."""
-    print(
-        f"\nHeld-out test on {comparison.data} "
-        f"(95% CIs: {comparison.bootstrap['n_resamples']} patient-level bootstrap resamples):"
-    )
-    width = max(len(m.name) for m in comparison.models)
-    for model in comparison.models:
-        m = model.metrics
-        (a_low, a_high), (p_low, p_high) = m["auroc_ci"], m["auprc_ci"]
-        print(
-            f"  {model.name:{width}s}  AUROC {m['auroc']:.3f} [{a_low:.3f}, {a_high:.3f}]  "
-            f"AUPRC {m['auprc']:.3f} [{p_low:.3f}, {p_high:.3f}]  "
-            f"FPR@95%TPR {m['fpr_at_95_tpr']:.3f}  at the validation threshold: "
-            f"sens {m['sensitivity']:.3f} spec {m['specificity']:.3f} F1 {m['f1']:.3f}"
-        )
-        loc = m["localization"]
-        if loc["pixel_auroc"] is not None:
-            print(
-                f"  {'':{width}s}  localization on {loc['n_images']} boxed images "
-                f"({loc['n_boxes']} boxes): pixel AUROC {loc['pixel_auroc']:.3f}, "
-                f"pointing game {loc['pointing_game']:.3f}"
-            )
-    for d in comparison.delong:
-        print(
-            f"  DeLong {d['a']} - {d['b']}: AUROC difference {d['diff']:+.3f} "
-            f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], p = {d['p_value']:.3g}"
-        )
-    print(f"Report: {comparison.files['report_html']}")
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from imgae_dx_jax.config import to_dict
-    from imgae_dx_jax.evaluate import default_out_dir, evaluate_runs, load_run_config
-    from imgae_dx_jax.tracking import Tracker
-
-    configs = {str(run): load_run_config(run) for run in args.run}
-    first = configs[str(args.run[0])]
-    tracker = Tracker.from_config(first.tracking, job_type="evaluate", mode=args.wandb)
-    with tracker:
-        tracker.start(
-            {
-                "runs": {run: to_dict(config) for run, config in configs.items()},
-                "source": args.source,
-                "data": args.data,
-                "bootstrap": args.bootstrap,
-                "seed": args.seed,
-            },
-            args.out or default_out_dir(args.run, args.source),
-        )
-        comparison = evaluate_runs(
-            args.run,
-            args.out,
-            source=args.source,
-            data=args.data,
-            n_bootstrap=args.bootstrap,
-            seed=args.seed,
-            tracker=tracker,
-        )
-    if len(comparison.models) == 1:
-        print_summary(comparison.models[0].metrics, args.run[0])
-    print_comparison(comparison)
-    return 0
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from imgae_dx_jax.predict import predict
-
-    results = predict(args.inputs, args.run, args.out)
+def print_predictions(results: Sequence[Prediction], out_dir: Path) -> None:
+    """Print one line per predicted file and the counts of each verdict."""
     for p in results:
         verdict = "unreadable" if p.error else "abnormal" if p.abnormal else "normal"
         score = "" if p.score is None else f"{p.score:.5g}"
@@ -377,24 +240,8 @@ def _predict(args: argparse.Namespace) -> int:
     print(
         f"\n{len(results)} images: {flagged} abnormal, "
         f"{len(results) - flagged - unreadable} normal, {unreadable} unreadable. "
-        f"Overlays and predictions.csv in {args.out}"
+        f"Overlays and predictions.csv in {out_dir}"
     )
-    return 0
-
-
-def train_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``imgae-train`` / ``python -m imgae_dx_jax.train``."""
-    return run_cli(_train, train_parser(), argv)
-
-
-def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``imgae-evaluate`` / ``python -m imgae_dx_jax.evaluate``."""
-    return run_cli(_evaluate, evaluate_parser(), argv)
-
-
-def predict_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``imgae-predict`` / ``python -m imgae_dx_jax.predict``."""
-    return run_cli(_predict, predict_parser(), argv)
 
 
 def config_parser() -> argparse.ArgumentParser:
@@ -450,11 +297,6 @@ def config_parser() -> argparse.ArgumentParser:
 
 
 def _show(args: argparse.Namespace) -> int:
-    import yaml
-
-    from imgae_dx_jax.config import to_dict
-    from imgae_dx_jax.tracking import public_config
-
     config = load_config(args.config, args.set)
     print(yaml.safe_dump(public_config(to_dict(config)), sort_keys=False), end="")
     return 0
@@ -471,8 +313,6 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _reach(url: str, timeout: float) -> tuple[bool, str]:
     """HEAD ``url`` without credentials; never raises."""
-    import requests
-
     try:
         response = requests.head(url, timeout=timeout, allow_redirects=False)
     except requests.RequestException as err:
@@ -482,10 +322,6 @@ def _reach(url: str, timeout: float) -> tuple[bool, str]:
 
 def _wandb_credentials() -> str | None:
     """Where W&B credentials are (WANDB_API_KEY, or a ~/.netrc entry ``wandb login`` wrote)."""
-    import netrc
-    import os
-    from urllib.parse import urlsplit
-
     if os.environ.get("WANDB_API_KEY"):
         return "WANDB_API_KEY environment variable"
     host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or ""
@@ -499,10 +335,6 @@ def _wandb_credentials() -> str | None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    import os
-
-    from imgae_dx_jax.data import kaggle
-
     config = load_config(args.config, args.set)
     status = kaggle.credentials_status()
     needs_kaggle = config.data.source == "kaggle"

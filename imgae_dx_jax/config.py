@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from imgae_dx_jax.errors import ConfigError
+
 MODELS = ("unet", "ra", "ae")
 SOURCES = ("sample", "archive", "folder", "url", "kaggle", "imagefolder")
 UNET_MODES = ("denoising", "reconstruction")
@@ -29,10 +31,6 @@ STAGES = tuple(f"images_{i:03d}" for i in range(1, 13))
 WANDB_MODES = ("online", "offline", "disabled")
 FAST_PATHS = ("auto", "always", "never")
 PRECISIONS = ("float32", "bf16")
-
-
-class ConfigError(ValueError):
-    """A configuration problem a user can fix; the message names the key and its origin."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +87,11 @@ class UNetConfig:
     learning_rate: float
     """Adam learning rate."""
 
+    @property
+    def downsamplings(self) -> int:
+        """Factor-2 downsamplings: one between each pair of levels."""
+        return len(self.widths) - 1
+
 
 @dataclass(frozen=True)
 class RAConfig:
@@ -109,6 +112,11 @@ class RAConfig:
     learning_rate: float
     """Adam learning rate of both the encoder and the decoder optimiser."""
 
+    @property
+    def downsamplings(self) -> int:
+        """Factor-2 downsamplings: one after each encoder level."""
+        return len(self.widths)
+
 
 @dataclass(frozen=True)
 class AEConfig:
@@ -120,6 +128,11 @@ class AEConfig:
     """Size of the dense bottleneck."""
     learning_rate: float
     """Adam learning rate."""
+
+    @property
+    def downsamplings(self) -> int:
+        """Factor-2 downsamplings: one strided convolution per level."""
+        return len(self.widths)
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,11 @@ class ModelConfig:
     """Layer implementations that XLA's CPU backend runs faster, same function and parameters
     (:mod:`imgae_dx_jax.models.layers`): ``auto`` (on the CPU backend only), ``always`` or
     ``never``."""
+
+    @property
+    def family(self) -> UNetConfig | RAConfig | AEConfig:
+        """The section of the selected family (``model.<name>``)."""
+        return getattr(self, self.name)
 
 
 @dataclass(frozen=True)
@@ -204,6 +222,13 @@ class Config:
     eval: EvalConfig
     run: RunConfig
     tracking: TrackingConfig
+
+
+def parse_stages(text: str) -> list[str]:
+    """``images_001,images_002`` or ``all`` -> stage names (validated by the config)."""
+    if text.strip().lower() == "all":
+        return list(STAGES)
+    return [s.strip() for s in text.split(",") if s.strip()]
 
 
 def user_cache_dir() -> Path:
@@ -306,14 +331,6 @@ def from_dict(tree: Mapping[str, Any], origin: str) -> Config:
     return config
 
 
-def dump_yaml(config: Config, path: Path) -> None:
-    """Write the resolved configuration to ``path`` as YAML, headed by the package version."""
-    from imgae_dx_jax import __version__
-
-    header = f"# imgae-dx-jax {__version__}\n"
-    path.write_text(header + yaml.safe_dump(to_dict(config), sort_keys=False))
-
-
 def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
     """Check the settings that types alone cannot; raise :class:`ConfigError` on the first."""
     origins = origins or {}
@@ -347,7 +364,7 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
         fail("data.split", "every split needs a positive fraction of patients")
     if d.num_threads < 1:
         fail("data.num_threads", "must be >= 1")
-    depth = _downsamplings(m)
+    depth = m.family.downsamplings
     if d.image_size < 16 or d.image_size % (2**depth):
         fail(
             "data.image_size",
@@ -400,15 +417,6 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
         fail("tracking.project", "a W&B project name is needed")
     if config.tracking.images_every < 0:
         fail("tracking.images_every", "must be >= 0 (0 = never)")
-
-
-def _downsamplings(model: ModelConfig) -> int:
-    """Number of factor-2 downsamplings of the selected model."""
-    if model.name == "unet":
-        return len(model.unet.widths) - 1
-    if model.name == "ra":
-        return len(model.ra.widths)
-    return len(model.ae.widths)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

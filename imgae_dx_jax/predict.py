@@ -4,76 +4,42 @@
 = ``hatch run predict``) decodes each PNG or JPEG (grayscale, RGB or RGBA, any size) to the
 run's single-channel training size, computes its anomaly map and score, calls it abnormal
 iff the score reaches the threshold chosen on the run's validation split
-(``RUN/export/threshold.json``, written by evaluation), and writes per image a heatmap
-overlay PNG at the image's own aspect ratio, plus ``predictions.csv``. Directories are
+(:func:`imgae_dx_jax.run_dir.load_calibration`, written by evaluation), and writes per image
+a heatmap overlay PNG at the image's own aspect ratio, plus ``predictions.csv``. Directories are
 searched recursively; unreadable files are reported in the CSV and skipped.
+
+It needs the run directory, the export, the batched scorer and the overlay, nothing heavier:
+neither the evaluator nor matplotlib's pyplot is imported.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
-import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from imgae_dx_jax import run_dir as rundir
+from imgae_dx_jax.checkpoints import restore_model
+from imgae_dx_jax.cli import predict_parser, print_predictions, run_cli
 from imgae_dx_jax.data.images import ImageDecodeError, decode_image, to_grayscale_uint8
-from imgae_dx_jax.evaluate import RunError, Scorer, load_run_config, restore_model
-from imgae_dx_jax.report import overlay_rgb
+from imgae_dx_jax.errors import PredictError
+from imgae_dx_jax.inference import Scorer
+from imgae_dx_jax.report.overlay import overlay_rgb
+from imgae_dx_jax.results import Prediction
+from imgae_dx_jax.run_dir import Calibration
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_OVERLAY_SIDE = 1024
 """Overlays of larger images are downscaled to this longest side."""
-
-
-class PredictError(RuntimeError):
-    """The inputs cannot be used (missing paths, no image files, nothing readable)."""
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The result for one input file; ``error`` is set (and the rest None) if unreadable."""
-
-    path: Path
-    score: float | None
-    abnormal: bool | None
-    overlay: Path | None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """What evaluation stored with the export: the operating threshold and overlay scale."""
-
-    threshold: float
-    map_scale: float
-
-
-def load_calibration(run_dir: Path) -> Calibration:
-    """Read ``<run>/export/threshold.json``.
-
-    Raises:
-        RunError: when the run has not been evaluated (with this version) yet.
-    """
-    path = run_dir / "export" / "threshold.json"
-    if not path.is_file():
-        raise RunError(
-            f"{run_dir} has no validation threshold yet: run `imgae-evaluate --run {run_dir}` first"
-        )
-    values = json.loads(path.read_text())
-    if "map_scale" not in values:
-        raise RunError(
-            f"{path} was written by an older version: run `imgae-evaluate --run {run_dir}` again"
-        )
-    return Calibration(float(values["threshold"]), float(values["map_scale"]))
 
 
 def find_images(inputs: Sequence[Path]) -> list[Path]:
@@ -160,8 +126,8 @@ def predict(inputs: Sequence[Path], run_dir: Path, out_dir: Path) -> list[Predic
         PredictError: for missing inputs, or when no file could be read.
     """
     files = find_images(inputs)
-    config = load_run_config(run_dir)
-    calibration = load_calibration(run_dir)
+    config = rundir.load_export_config(run_dir)
+    calibration = rundir.load_calibration(run_dir)
     scorer = Scorer(restore_model(run_dir, config), config)
     out_dir.mkdir(parents=True, exist_ok=True)
     size = config.data.image_size
@@ -217,7 +183,15 @@ def write_predictions_csv(path: Path, results: Sequence[Prediction], threshold: 
             )
 
 
-if __name__ == "__main__":
-    from imgae_dx_jax.cli import predict_main
+def _predict(args: argparse.Namespace) -> int:
+    print_predictions(predict(args.inputs, args.run, args.out), args.out)
+    return 0
 
-    sys.exit(predict_main())
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``imgae-predict`` / ``python -m imgae_dx_jax.predict``."""
+    return run_cli(_predict, predict_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

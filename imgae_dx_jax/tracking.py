@@ -22,13 +22,10 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from imgae_dx_jax.config import WANDB_MODES, Config, TrackingConfig, to_dict
+from imgae_dx_jax.errors import TrackingError
 
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_?key|credential|auth)", re.I)
 REDACTED = "<redacted>"
-
-
-class TrackingError(RuntimeError):
-    """W&B cannot be used as configured (for example ``online`` without credentials)."""
 
 
 def public_config(tree: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,8 @@ the data path and the README's train command; prints a table, writes ``bench/res
                     [--torch-python /tmp/torchenv/bin/python] [--out bench/results.json]
 
 Per model and image size, in a fresh process each (so that peak RSS is per model): the train
-step of :func:`imgae_dx_jax.train.build_trainer` (the real jitted, donated, sharded step) with
-``model.fast_path`` on (``always``) and off (``never``), its first-step time (trace +
+step of :func:`imgae_dx_jax.training.step.build_trainer` (the real jitted, donated, sharded
+step) with ``model.fast_path`` on (``always``) and off (``never``), its first-step time (trace +
 compile + run), the median of >= 7 steps after warm-up and images/s; eval images/s of the
 evaluation's anomaly maps; peak host RSS; device memory on a GPU/TPU. For the U-Net and the
 AE the PyTorch reference (``benchmarks/torch_reference.py``, run by ``--torch-python`` as a
@@ -104,8 +104,8 @@ def measure_model(model: str, size: int, args: argparse.Namespace) -> dict[str, 
 
     from imgae_dx_jax import distributed
     from imgae_dx_jax.config import load_config
-    from imgae_dx_jax.scoring import anomaly_maps
-    from imgae_dx_jax.train import build_trainer
+    from imgae_dx_jax.families import anomaly_maps
+    from imgae_dx_jax.training.step import build_trainer
 
     rng = np.random.default_rng(0)
     mesh = distributed.make_mesh()

@@ -129,7 +129,7 @@ def runtime_check(expected: str, on_cpu: str) -> str:
         f"""
     import jax
 
-    from imgae_dx_jax.cli import setup_logging
+    from imgae_dx_jax.api import setup_logging
 
     setup_logging(debug=False)  # progress and INFO logs of imgae_dx_jax in the cell outputs
     devices = jax.devices()
@@ -147,7 +147,7 @@ WANDB_LOGIN = """
 # WANDB_API_KEY environment variable, a notebook secret of that name, or a login prompt.
 # "offline" writes local W&B runs (upload later with `wandb sync`), "disabled" turns it off.
 if WANDB == "online":
-    import wandb
+    from imgae_dx_jax.api import wandb_login
 
     key = os.environ.get("WANDB_API_KEY")
     if not key and IN_COLAB:
@@ -164,25 +164,21 @@ if WANDB == "online":
             key = UserSecretsClient().get_secret("WANDB_API_KEY")
         except Exception:  # secret not attached to this notebook
             key = None
-    if key:
-        wandb.login(key=key)
-    else:
-        wandb.login()  # prompts for the key
+    wandb_login(key)  # prompts for the key when there is none
 """
 
 
 def train_cell(setup: str, resume: str) -> str:
     """Training loop over ``MODELS``: ``setup`` defines ``CONFIG_FILE`` and the ``--set`` list
-    ``settings``; ``resume`` is the call of ``train`` (inside the tracker block)."""
+    ``settings``; ``resume`` is the call of ``train_and_evaluate`` (evaluation is left to the
+    comparison of every run)."""
     body = textwrap.indent(_text(setup), " " * 4)
     return _text(
         f"""
     import shlex
 
-    from imgae_dx_jax.cli import parse_stages
+    from imgae_dx_jax.api import parse_stages, train_and_evaluate
     from imgae_dx_jax.config import load_config
-    from imgae_dx_jax.tracking import Tracker
-    from imgae_dx_jax.train import train
 
     stages = parse_stages(STAGES) if isinstance(STAGES, str) else list(STAGES)
 {body}
@@ -202,22 +198,16 @@ def train_cell(setup: str, resume: str) -> str:
         run_dirs[name] = run_dir
         print(f"\\n=== {{name}} -> {{run_dir}}")
         print("CLI equivalent:", shlex.join(["imgae-train", *cli_args(name, run_dir)]))
-        with Tracker.from_config(config.tracking, job_type="train") as tracker:
-            {resume}
+        {resume}
     """
     )
 
 
 EVALUATE = """
-from imgae_dx_jax.cli import print_comparison
-from imgae_dx_jax.evaluate import evaluate_runs
+from imgae_dx_jax.api import compare_runs, print_comparison
 
 report_dir = RUN_ROOT / "report"
-with Tracker.from_config(config.tracking, job_type="evaluate") as tracker:
-    tracker.start({"runs": {name: str(path) for name, path in run_dirs.items()}}, report_dir)
-    comparison = evaluate_runs(
-        list(run_dirs.values()), report_dir, n_bootstrap=BOOTSTRAP, tracker=tracker
-    )
+comparison = compare_runs(list(run_dirs.values()), report_dir, n_bootstrap=BOOTSTRAP)
 print_comparison(comparison)
 run_args = [arg for path in run_dirs.values() for arg in ("--run", str(path))]
 print("CLI equivalent:", shlex.join(["imgae-evaluate", *run_args, "--out", str(report_dir)]))
@@ -226,7 +216,7 @@ print("CLI equivalent:", shlex.join(["imgae-evaluate", *run_args, "--out", str(r
 SHOW = """
 from IPython.display import Image, Markdown, display
 
-from imgae_dx_jax.report import delong_rows, file_stem, headline_rows, markdown_table
+from imgae_dx_jax.report.tables import delong_rows, file_stem, headline_rows, markdown_table
 
 display(Markdown("### Held-out test results\\n\\n" + markdown_table(headline_rows(comparison))))
 if comparison.delong:
@@ -335,7 +325,7 @@ def quickstart() -> list[NotebookNode]:
                     *SETTINGS,
                 ]
                 """,
-                "train(config, run_dir, resume=RESUME_MODE, overwrite=not RESUME, tracker=tracker)",
+                "train_and_evaluate(config, run_dir, resume=RESUME_MODE, overwrite=not RESUME, evaluate=False)",
             )
         ),
         md(
@@ -586,7 +576,7 @@ def nih_progressive_colab() -> list[NotebookNode]:
                     *SETTINGS,
                 ]
                 """,
-                'train(config, run_dir, resume="auto", tracker=tracker)',
+                'train_and_evaluate(config, run_dir, resume="auto", evaluate=False)',
             )
         ),
         md(
@@ -740,7 +730,7 @@ def nih_kaggle_notebook() -> list[NotebookNode]:
                     *SETTINGS,
                 ]
                 """,
-                'train(config, run_dir, resume="auto", tracker=tracker)',
+                'train_and_evaluate(config, run_dir, resume="auto", evaluate=False)',
             )
         ),
         md(

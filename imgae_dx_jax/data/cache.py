@@ -36,7 +36,8 @@ import numpy as np
 
 from imgae_dx_jax.data.images import ImageDecodeError, decode_image
 from imgae_dx_jax.data.nih import Catalog, Record
-from imgae_dx_jax.data.stores import DataError, Store
+from imgae_dx_jax.data.stores import Store
+from imgae_dx_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 

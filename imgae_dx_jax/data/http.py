@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import requests
 
 from imgae_dx_jax.data.archive import ByteSource, LocalFile
-from imgae_dx_jax.data.stores import DataError
+from imgae_dx_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 

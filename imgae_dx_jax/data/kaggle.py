@@ -30,7 +30,7 @@ from typing import Any
 import requests
 
 from imgae_dx_jax.data.http import redact_urls
-from imgae_dx_jax.data.stores import DataError
+from imgae_dx_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from imgae_dx_jax.data.stores import DataError, Store
+from imgae_dx_jax.data.stores import Store
+from imgae_dx_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ import numpy as np
 from imgae_dx_jax.data.cache import StageCache, find_cache
 from imgae_dx_jax.data.images import ImageDecodeError, decode_image
 from imgae_dx_jax.data.nih import Record
-from imgae_dx_jax.data.stores import DataError, Store
+from imgae_dx_jax.data.stores import Store
+from imgae_dx_jax.errors import DataError
 
 
 class SkipLog:

@@ -25,7 +25,8 @@ from imgae_dx_jax.data.archive import ZipStore
 from imgae_dx_jax.data.http import open_url, public_url
 from imgae_dx_jax.data.imagefolder import build_imagefolder_catalog
 from imgae_dx_jax.data.nih import Catalog, build_catalog
-from imgae_dx_jax.data.stores import DataError, FolderStore, Store, sample_archive_path
+from imgae_dx_jax.data.stores import FolderStore, Store, sample_archive_path
+from imgae_dx_jax.errors import DataError
 
 
 def cache_dir_of(data: DataConfig) -> Path:

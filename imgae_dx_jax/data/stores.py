@@ -17,9 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Protocol
 
-
-class DataError(RuntimeError):
-    """The data cannot be read or does not look like the expected layout; the message says why."""
+from imgae_dx_jax.errors import DataError
 
 
 class Store(Protocol):

@@ -20,7 +20,7 @@ from flax import nnx
 from imgae_dx_jax import distributed
 from imgae_dx_jax.config import load_config
 from imgae_dx_jax.data import pipeline
-from imgae_dx_jax.train import train
+from imgae_dx_jax.training import train
 
 read_keys: set[str] = set()
 _getitem = pipeline.ImageSource.__getitem__

@@ -9,7 +9,8 @@ import shutil
 import pytest
 import yaml
 
-from imgae_dx_jax.cli import evaluate_main, train_main
+from imgae_dx_jax.evaluate import main as evaluate_main
+from imgae_dx_jax.train import main as train_main
 
 TINY = {
     "unet": ["model.unet.widths=[8,16,32]", "model.unet.groups=4"],

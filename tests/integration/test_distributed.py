@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from imgae_dx_jax.checkpoints import restore_model
 from imgae_dx_jax.config import load_config
-from imgae_dx_jax.evaluate import evaluate_run, restore_model
-from imgae_dx_jax.train import train
+from imgae_dx_jax.evaluation import evaluate_run
+from imgae_dx_jax.training import train
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from imgae_dx_jax.cli import train_main
 from imgae_dx_jax.config import load_config
-from imgae_dx_jax.train import train
+from imgae_dx_jax.train import main as train_main
+from imgae_dx_jax.training import train
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import yaml
 
-from imgae_dx_jax.cli import train_main
 from imgae_dx_jax.data.stores import sample_archive_path
+from imgae_dx_jax.train import main as train_main
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +86,7 @@ def completed_steps(run: Path) -> list[int]:
 
 
 def launch(args: list[str]) -> subprocess.Popen[bytes]:
-    code = "import sys; from imgae_dx_jax.cli import train_main; sys.exit(train_main(sys.argv[1:]))"
+    code = "import sys; from imgae_dx_jax.train import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.Popen(
         [sys.executable, "-c", code, *args],
         env=os.environ.copy(),
@@ -212,3 +213,19 @@ def test_mismatched_config_is_refused_and_changes_nothing(tmp_path, capsys):
     assert train_main([*args[:-2], "--run-dir", str(run), "--resume", "never"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert tree_digest(run) == before
+
+
+def test_run_of_an_older_release_resumes(tmp_path, capsys):
+    """A config.yaml without the keys added since (an older release's run) still resumes."""
+    run = tmp_path / "run"
+    args = [*TINY_AE, *COMMON, "--epochs", "1", "--run-dir", str(run)]
+    assert train_main([*args, "--set", "train.max_steps=2"]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["tracking"], saved["model"]["fast_path"], saved["train"]["precision"]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    capsys.readouterr()
+    assert train_main([*args, "--set", "train.max_steps=4"]) == 0
+    err = capsys.readouterr().err
+    assert "predates these settings" in err and "model.fast_path" in err
+    assert "resuming from checkpoint 2" in err
+    assert 4 in completed_steps(run)

@@ -10,10 +10,11 @@ import socket
 
 import pytest
 
-from imgae_dx_jax.cli import config_main, train_main
+from imgae_dx_jax.cli import config_main
 from imgae_dx_jax.config import load_config
 from imgae_dx_jax.data import DataError, kaggle
 from imgae_dx_jax.data.sources import open_store
+from imgae_dx_jax.train import main as train_main
 
 pytestmark = pytest.mark.slow
 

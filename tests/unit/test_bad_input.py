@@ -21,7 +21,7 @@ from imgae_dx_jax.data.cache import ensure_caches
 from imgae_dx_jax.data.nih import build_catalog, parse_data_entry
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog
 from imgae_dx_jax.data.stores import DataError
-from imgae_dx_jax.train import StopFlag
+from imgae_dx_jax.training.loop import StopFlag
 
 HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position"

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from flax import nnx
 from PIL import Image
 
-from imgae_dx_jax.cli import predict_main
+from imgae_dx_jax.checkpoints import export_model
 from imgae_dx_jax.config import load_config
-from imgae_dx_jax.models import create_model
-from imgae_dx_jax.predict import PredictError, find_images, predict
-from imgae_dx_jax.train import export_model
+from imgae_dx_jax.errors import PredictError
+from imgae_dx_jax.families import create_model
+from imgae_dx_jax.predict import find_images, predict
+from imgae_dx_jax.predict import main as predict_main
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +112,17 @@ def test_find_images_needs_an_image(tmp_path):
     (tmp_path / "x.txt").write_text("x")
     with pytest.raises(PredictError, match=r"no \.png"):
         find_images([tmp_path])
+
+
+@pytest.mark.parametrize("module", ["imgae_dx_jax.predict", "imgae_dx_jax.cli"])
+def test_predict_entry_imports_neither_pyplot_nor_the_evaluator(module):
+    code = (
+        f"import sys, {module}; "
+        "heavy = ['matplotlib.pyplot', 'imgae_dx_jax.evaluation', 'imgae_dx_jax.evaluate', "
+        "'imgae_dx_jax.api', 'imgae_dx_jax.training']; "
+        "print([m for m in heavy if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -7,7 +7,7 @@ from jax import monitoring
 
 from imgae_dx_jax import distributed
 from imgae_dx_jax.config import load_config
-from imgae_dx_jax.train import build_trainer
+from imgae_dx_jax.training.step import build_trainer
 
 SIZE = 32
 SMALL = {

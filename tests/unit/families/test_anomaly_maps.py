@@ -5,8 +5,10 @@ import pytest
 from flax import nnx
 
 from imgae_dx_jax.config import load_config
-from imgae_dx_jax.models import create_model
-from imgae_dx_jax.scoring import anomaly_maps, encoder_saliency, gaussian_blur, image_scores
+from imgae_dx_jax.families import anomaly_maps, create_model
+from imgae_dx_jax.families.losses import gaussian_blur
+from imgae_dx_jax.families.ra import encoder_saliency
+from imgae_dx_jax.inference import image_scores
 
 SIZE = 16
 SMALL = {

@@ -1,4 +1,4 @@
-"""Evaluation metrics for image-level anomaly scores and pixel-level anomaly maps.
+"""Image-level metrics of anomaly scores: AUROC, AUPRC, FPR at 95% TPR, F1, CIs, DeLong.
 
 Conventions used throughout:
 
@@ -9,14 +9,15 @@ Conventions used throughout:
 * A metric that is undefined for the given data (for example AUROC when only one class is
   present) raises :class:`ValueError` with a message saying why, instead of returning NaN.
 
-The threshold for a test split must be chosen on validation data with :func:`select_threshold`
+The threshold for a test split must be chosen on validation data with
+:func:`~imgae_dx_jax.metrics.threshold.select_threshold`
 and passed to :func:`image_metrics`; the ``best_f1`` that :func:`image_metrics` also reports is
 an oracle computed on the test labels and must not be read as an achievable operating point.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -179,27 +180,6 @@ def best_f1(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
     f1 = 2.0 * tp / (tp + fp + y.sum())  # 2TP / (2TP + FP + FN), as TP + FN = positives
     best = f1.size - 1 - int(np.argmax(f1[::-1]))  # last maximum = lowest threshold
     return float(f1[best]), float(thresholds[best])
-
-
-def select_threshold(labels: ArrayLike, scores: ArrayLike) -> float:
-    """Choose the operating threshold on validation data: the one maximising F1.
-
-    Call this on the validation split and apply the result unchanged to the test split (via
-    :func:`image_metrics` or :func:`rates_at`), so that test metrics are not tuned on test
-    labels. Ties are broken towards the lowest threshold, as in :func:`best_f1`.
-
-    Args:
-        labels: validation labels, 1 for abnormal, 0 for normal.
-        scores: validation anomaly scores, higher meaning more abnormal.
-
-    Returns:
-        The threshold (an observed validation score); predict abnormal iff score >= it.
-
-    Raises:
-        ValueError: if the inputs are malformed or only one class is present.
-
-    """
-    return best_f1(labels, scores)[1]
 
 
 def rates_at(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, float]:
@@ -399,82 +379,4 @@ def delong_test(labels: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike) -> 
         "ci_high": diff + half_width,
         "z": float(z),
         "p_value": p_value,
-    }
-
-
-def _box_mask(shape: tuple[int, int], box: Sequence[float]) -> np.ndarray | None:
-    """Pixels of a map that overlap an ``(x, y, w, h)`` box, or None if the clipped box is empty.
-
-    ``x`` runs along columns and ``y`` along rows; a pixel ``(r, c)`` covers ``[c, c + 1) x
-    [r, r + 1)``, and every pixel overlapping the clipped box with positive area is inside.
-    """
-    height, width = shape
-    x, y, w, h = (float(v) for v in box)
-    x0, x1 = max(x, 0.0), min(x + w, float(width))
-    y0, y1 = max(y, 0.0), min(y + h, float(height))
-    if not (x1 > x0 and y1 > y0):
-        return None
-    mask = np.zeros(shape, dtype=bool)
-    mask[int(np.floor(y0)) : int(np.ceil(y1)), int(np.floor(x0)) : int(np.ceil(x1))] = True
-    return mask
-
-
-def localization_metrics(
-    maps: Sequence[ArrayLike] | np.ndarray, boxes: Sequence[Sequence[Sequence[float]]]
-) -> dict[str, Any]:
-    """Localisation quality of anomaly maps against ground-truth bounding boxes.
-
-    Boxes partly outside a map are clipped to it; a box with no area left after clipping is
-    not usable and is only counted. Images with no usable box are left out of both metrics.
-
-    Args:
-        maps: one 2-D ``[H, W]`` anomaly map per image (sizes may differ), higher = more
-            abnormal.
-        boxes: per image, a sequence of ``(x, y, w, h)`` boxes in that map's pixel coordinates
-            (``x`` along columns, ``y`` along rows).
-
-    Returns:
-        ``pixel_auroc``: AUROC of the map values pooled over the images, pixels inside any box
-        being positive and all other pixels negative; ``pointing_game``: the fraction of images
-        whose map maximum (first in row-major order on ties) lies inside one of its boxes;
-        ``n_images`` (images used), ``n_boxes`` (usable boxes) and ``n_boxes_unusable``.
-
-    Raises:
-        ValueError: if ``maps`` and ``boxes`` differ in length, a map is not 2-D or not finite,
-            no image has a usable box, or the boxes cover every pixel.
-
-    """
-    if len(maps) != len(boxes):
-        raise ValueError(f"got {len(maps)} maps but {len(boxes)} box lists")
-    values: list[np.ndarray] = []
-    inside: list[np.ndarray] = []
-    hits = n_images = n_boxes = n_unusable = 0
-    for index, (raw, image_boxes) in enumerate(zip(maps, boxes, strict=True)):
-        amap = np.asarray(raw, dtype=np.float64)
-        if amap.ndim != 2:
-            raise ValueError(f"map {index} must be 2-D [H, W], got shape {amap.shape}")
-        if not np.all(np.isfinite(amap)):
-            raise ValueError(f"map {index} has non-finite values")
-        masks = [_box_mask(amap.shape, box) for box in image_boxes]
-        usable = [mask for mask in masks if mask is not None]
-        n_unusable += len(masks) - len(usable)
-        if not usable:
-            continue
-        union = np.logical_or.reduce(usable)
-        n_images += 1
-        n_boxes += len(usable)
-        hits += bool(union.flat[int(np.argmax(amap))])
-        values.append(amap.ravel())
-        inside.append(union.ravel())
-    if not n_images:
-        raise ValueError("no image has a usable box (all boxes empty after clipping)")
-    pixels_inside = np.concatenate(inside)
-    if pixels_inside.all():
-        raise ValueError("pixel AUROC undefined: the boxes cover every pixel of every map")
-    return {
-        "pixel_auroc": roc_auc(pixels_inside.astype(np.int64), np.concatenate(values)),
-        "pointing_game": hits / n_images,
-        "n_images": n_images,
-        "n_boxes": n_boxes,
-        "n_boxes_unusable": n_unusable,
     }

@@ -6,7 +6,8 @@ import pytest
 from flax import nnx
 
 from imgae_dx_jax.config import load_config
-from imgae_dx_jax.models import Autoencoder, ReversedAutoencoder, UNet, create_model
+from imgae_dx_jax.families import create_model
+from imgae_dx_jax.models import Autoencoder, ReversedAutoencoder, UNet
 
 SIZE = 16
 SMALL = {

@@ -9,9 +9,10 @@ from flax import nnx
 from imgae_dx_jax import distributed
 from imgae_dx_jax.cli import overrides_from_args, train_parser
 from imgae_dx_jax.config import ConfigError, load_config
-from imgae_dx_jax.models import compute_dtype, create_model
-from imgae_dx_jax.objectives import get_objective
-from imgae_dx_jax.train import build_trainer, check_compatible, identity_settings
+from imgae_dx_jax.families import create_model, get_objective
+from imgae_dx_jax.models import compute_dtype
+from imgae_dx_jax.run_dir import check_compatible, identity_settings
+from imgae_dx_jax.training.step import build_trainer
 
 SIZE = 32
 SMALL = {

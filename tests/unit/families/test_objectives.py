@@ -9,16 +9,10 @@ import pytest
 from flax import nnx
 
 from imgae_dx_jax.config import load_config
-from imgae_dx_jax.models import create_model
-from imgae_dx_jax.objectives import (
-    coarse_noise,
-    cosine_distance,
-    embedding_loss,
-    exp_elbo,
-    get_objective,
-    kl_divergence,
-    reconstruction_error,
-)
+from imgae_dx_jax.families import create_model, get_objective
+from imgae_dx_jax.families.losses import cosine_distance
+from imgae_dx_jax.families.ra import embedding_loss, exp_elbo, kl_divergence, reconstruction_error
+from imgae_dx_jax.families.unet import coarse_noise
 
 SIZE = 16
 SMALL = {

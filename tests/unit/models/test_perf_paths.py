@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from imgae_dx_jax.config import ConfigError, load_config
-from imgae_dx_jax.models import create_model, use_fast_path
+from imgae_dx_jax.families import create_model
+from imgae_dx_jax.models import use_fast_path
 from imgae_dx_jax.models.layers import (
     Conv,
     UpConv2x2,

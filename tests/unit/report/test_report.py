@@ -11,25 +11,20 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from imgae_dx_jax.config import load_config
 from imgae_dx_jax.data.nih import FINDINGS, Catalog, Record
-from imgae_dx_jax.evaluate import (
-    Band,
-    Comparison,
-    ModelResult,
-    SplitScores,
-    age_band,
+from imgae_dx_jax.evaluation import compare, select_examples
+from imgae_dx_jax.metrics import average_precision, image_metrics, roc_auc
+from imgae_dx_jax.metrics.breakdown import age_band, per_finding, subgroups
+from imgae_dx_jax.metrics.curves import (
     bootstrap_band,
-    compare,
-    localization,
-    per_finding,
     pr_points,
     precision_at,
     roc_at,
     roc_points,
-    select_examples,
-    subgroups,
 )
-from imgae_dx_jax.metrics import average_precision, image_metrics, roc_auc
-from imgae_dx_jax.report import overlay_rgb, write_report
+from imgae_dx_jax.metrics.localization import localization
+from imgae_dx_jax.report.documents import write_report
+from imgae_dx_jax.report.overlay import overlay_rgb
+from imgae_dx_jax.results import Band, Comparison, ModelResult, SplitScores
 
 SIZE = 32
 

@@ -1,0 +1,107 @@
+"""The model families, in one table: name -> :class:`~imgae_dx_jax.families.base.Family`.
+
+Every caller reaches a family's roles through this table (the model it builds, its
+optimisers, train step, validation losses and anomaly map); nothing else switches on the
+family name. A new family is one module defining its ``FAMILY`` plus one entry in
+:data:`FAMILIES` (and its config section in :mod:`imgae_dx_jax.config`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from imgae_dx_jax.config import ModelConfig
+from imgae_dx_jax.families import ae, ra, unet
+from imgae_dx_jax.families.base import Family, Metrics, Optimizers
+from imgae_dx_jax.families.losses import eval_view
+from imgae_dx_jax.models import use_fast_path
+
+FAMILIES: dict[str, Family] = {"unet": unet.FAMILY, "ra": ra.FAMILY, "ae": ae.FAMILY}
+"""Every model family by its ``model.name``."""
+
+
+def get_family(name: str) -> Family:
+    """The table entry of ``name``.
+
+    Raises:
+        ValueError: for an unknown family name.
+    """
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """How the configured family is trained and validated, its hyper-parameters bound.
+
+    Attributes:
+        create_optimizers: model -> named Adam optimisers (``{"model": ...}`` for unet and ae,
+            ``{"encoder": ..., "decoder": ...}`` for ra).
+        train_step: (model, optimizers, batch, key) -> scalar metrics including ``"loss"``;
+            one optimisation step in train mode, mutating model and optimisers in place.
+        eval_losses: (model, batch, key) -> scalar metrics including ``"loss"``, the
+            validation loss used to pick the best checkpoint; eval mode, no mutation.
+    """
+
+    create_optimizers: Callable[[nnx.Module], Optimizers]
+    train_step: Callable[[nnx.Module, Optimizers, jax.Array, jax.Array], Metrics]
+    eval_losses: Callable[[nnx.Module, jax.Array, jax.Array], Metrics]
+
+
+def get_objective(cfg: ModelConfig) -> Objective:
+    """Return the :class:`Objective` of the family ``cfg.name`` with its section bound.
+
+    Raises:
+        ValueError: for an unknown family name.
+    """
+    family = get_family(cfg.name)
+    section = cfg.family
+    return Objective(
+        create_optimizers=partial(family.optimizers, section),
+        train_step=partial(family.train_step, section),
+        eval_losses=partial(family.eval_losses, section),
+    )
+
+
+def create_model(
+    cfg: ModelConfig, image_size: int, *, dtype: Any = None, rngs: nnx.Rngs
+) -> nnx.Module:
+    """Build the model family ``cfg.name`` for square images.
+
+    Args:
+        cfg: the model configuration; only the section of the selected family is used.
+        image_size: side of the square one-channel input images in pixels.
+        dtype: computation dtype of the convolutions and linear layers (``jnp.bfloat16`` for
+            mixed precision, see :func:`~imgae_dx_jax.models.compute_dtype`); ``None`` (the
+            default) computes in the parameters' dtype, float32. Parameters are float32
+            whatever it is, and so are the model's outputs.
+        rngs: parameter initialisation keys.
+
+    Returns:
+        The freshly initialised model, in training mode.
+
+    Raises:
+        ValueError: for an unknown family name.
+    """
+    family = get_family(cfg.name)
+    return family.build(cfg.family, image_size, use_fast_path(cfg.fast_path), dtype, rngs)
+
+
+def anomaly_maps(
+    model: nnx.Module, batch: jax.Array, cfg: ModelConfig
+) -> tuple[jax.Array, jax.Array]:
+    """Reconstruct ``batch`` [B, H, W, 1] and return ``(x_hat [B, H, W, 1], map [B, H, W])``.
+
+    The map is float32 and non-negative. The model is used through an eval-mode view, so its
+    state and mode are left untouched.
+    """
+    x_hat, amap = get_family(cfg.name).anomaly_map(cfg.family, eval_view(model), batch)
+    return x_hat, amap.astype(jnp.float32)

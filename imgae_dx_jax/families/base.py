@@ -1,0 +1,48 @@
+"""What a model family is: the roles the family table maps each family name to.
+
+A family is one small module (:mod:`~imgae_dx_jax.families.unet`,
+:mod:`~imgae_dx_jax.families.ra`, :mod:`~imgae_dx_jax.families.ae`) that defines one
+:class:`Family` from pure functions of the family's own config section
+(``config.model.<name>``). The step functions are pure-traceable (no Python side state, no
+host synchronisation, no ``nnx.jit``), so a caller can wrap them in its own ``jax.jit`` over
+``nnx.split((model, optimizers))``; they mutate the merged model and optimisers in place,
+nnx style, and set train mode themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+from flax import nnx
+
+Metrics = dict[str, jax.Array]
+"""Scalar losses and terms of one step, by name (always with ``"loss"``)."""
+Optimizers = dict[str, nnx.Optimizer]
+"""A family's optimisers, by name (``{"model": ...}`` or ``{"encoder": ..., "decoder": ...}``)."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """The roles of one model family; each takes the family's config section first.
+
+    Attributes:
+        build: (cfg, image_size, fast, dtype, rngs) -> the freshly initialised model, in
+            training mode (``fast``: :func:`imgae_dx_jax.models.use_fast_path`; ``dtype``: the
+            computation dtype, see :func:`imgae_dx_jax.models.compute_dtype`).
+        optimizers: (cfg, model) -> the named Adam optimisers.
+        train_step: (cfg, model, optimizers, batch, key) -> metrics including ``"loss"``;
+            one optimisation step in train mode, mutating model and optimisers in place.
+        eval_losses: (cfg, model, batch, key) -> metrics including ``"loss"``, the
+            validation loss used to pick the best checkpoint; eval mode, no mutation.
+        anomaly_map: (cfg, eval-mode model, batch [B, H, W, 1]) -> ``(x_hat [B, H, W, 1],
+            map [B, H, W])``, deterministic.
+    """
+
+    build: Callable[[Any, int, bool, Any, nnx.Rngs], nnx.Module]
+    optimizers: Callable[[Any, nnx.Module], Optimizers]
+    train_step: Callable[[Any, nnx.Module, Optimizers, jax.Array, jax.Array], Metrics]
+    eval_losses: Callable[[Any, nnx.Module, jax.Array, jax.Array], Metrics]
+    anomaly_map: Callable[[Any, nnx.Module, jax.Array], tuple[jax.Array, jax.Array]]

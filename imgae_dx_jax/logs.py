@@ -1,0 +1,34 @@
+"""Console logging of the package, shared by the command line and the notebooks."""
+
+from __future__ import annotations
+
+import logging
+
+
+def setup_logging(debug: bool) -> None:
+    """Console logging: INFO for this package, warnings only for the libraries under it."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    logging.getLogger("imgae_dx_jax").setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug:
+        logging.getLogger("absl").setLevel(logging.ERROR)
+        # Libraries (Orbax through absl, asyncio) log their failures with tracebacks; the
+        # error we raise says what happened, so keep their lines short.
+        for name in ("absl", "asyncio"):
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _NoTraceback) for f in logger.filters):
+                logger.addFilter(_NoTraceback())
+
+
+class _NoTraceback(logging.Filter):
+    """Drop the traceback of a library's log record and keep its first line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        message = record.getMessage().splitlines()
+        record.msg, record.args = (message[0][:300] if message else ""), None
+        return True

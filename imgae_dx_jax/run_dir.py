@@ -1,0 +1,345 @@
+"""The run directory: its layout and every file in it, read and written here only.
+
+::
+
+    <run>/config.yaml        the resolved config, data.stages = every stage trained so far
+    <run>/checkpoints/<step> full training state (:mod:`imgae_dx_jax.checkpoints`)
+    <run>/splits.json        the images of each split (held-out checks of evaluation)
+    <run>/metrics.jsonl      the training log
+    <run>/export/model       the inference export (:func:`imgae_dx_jax.checkpoints.export_model`)
+    <run>/export/config.yaml its config
+    <run>/export/threshold.json  the validation-calibrated threshold and overlay scale
+    <run>/eval/              the evaluation report (``eval-<source>/`` on other data)
+
+:func:`read_config` is the one reader of a run's ``config.yaml`` (training's resume and the
+export): keys added to the package since the run was made take their current defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imgae_dx_jax import __version__
+from imgae_dx_jax.config import Config, from_dict, load_config, to_dict
+from imgae_dx_jax.data.nih import Record
+from imgae_dx_jax.data.split import SPLITS, Splits
+from imgae_dx_jax.errors import RunDirError, RunError
+from imgae_dx_jax.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.yaml"
+CHECKPOINTS = "checkpoints"
+SPLIT_MANIFEST = "splits.json"
+TRAINING_LOG = "metrics.jsonl"
+EXPORT = "export"
+EXPORT_MODEL = "model"
+THRESHOLD = "threshold.json"
+RESUME_MODES = ("auto", "never")
+_SAFE_MODEL_KEYS = ("learning_rate",)
+
+
+def default_run_dir(config: Config) -> Path:
+    """``<run.root>/<model>``: re-running the same command continues the same run."""
+    return Path(config.run.root) / config.model.name
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    """``<run>/checkpoints``."""
+    return run_dir / CHECKPOINTS
+
+
+def export_dir(run_dir: Path) -> Path:
+    """``<run>/export``: the inference export (model state, config, threshold)."""
+    return run_dir / EXPORT
+
+
+def export_staging_dir(run_dir: Path) -> Path:
+    """``<run>/export.tmp``, renamed to :func:`export_dir` once complete."""
+    return run_dir / f"{EXPORT}.tmp"
+
+
+def eval_dir(run_dir: Path, source: str | None = None) -> Path:
+    """``<run>/eval`` (``<run>/eval-<source>`` for an evaluation on other data)."""
+    return run_dir / ("eval" if source is None else f"eval-{source}")
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+def read_config(path: Path) -> Config:
+    """Read a run's ``config.yaml``, migrated to this version of the package.
+
+    Keys added to the package after the run was made (a new section such as ``tracking``, or
+    a new setting) take their current default values, which are logged; every key the run
+    has must still be valid.
+    """
+    tree = yaml.safe_load(path.read_text())
+    added = _fill_missing(tree, to_dict(load_config()))
+    if added:
+        log.info("%s predates these settings; using their defaults: %s", path, ", ".join(added))
+    return from_dict(tree, str(path))
+
+
+def _fill_missing(tree: dict[str, Any], defaults: dict[str, Any], prefix: str = "") -> list[str]:
+    """Add the keys of ``defaults`` that ``tree`` lacks, in place; return their dotted names."""
+    added = []
+    for key, value in defaults.items():
+        if key not in tree:
+            tree[key] = value
+            added.append(f"{prefix}{key}")
+        elif isinstance(value, dict) and isinstance(tree[key], dict):
+            added += _fill_missing(tree[key], value, f"{prefix}{key}.")
+    return added
+
+
+def write_config(config: Config, directory: Path) -> None:
+    """Write ``<directory>/config.yaml`` (a run directory or its export).
+
+    The resolved configuration as YAML, headed by the package version.
+    """
+    header = f"# imgae-dx-jax {__version__}\n"
+    (directory / CONFIG).write_text(header + yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def load_export_config(run_dir: Path) -> Config:
+    """The configuration of a run's inference export (:func:`read_config`).
+
+    Raises:
+        RunError: when the run has no export (it was not trained to the end).
+    """
+    path = export_dir(run_dir) / CONFIG
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir} is not a run directory of a trained model (no export/config.yaml)"
+        )
+    return read_config(path)
+
+
+def config_hash(config: Config) -> str:
+    """Return a short stable hash of the resolved configuration."""
+    text = json.dumps(to_dict(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------ resume
+
+
+def prepare(run_dir: Path, resume: str, overwrite: bool) -> Config | None:
+    """Check the run directory for ``resume``; return the saved config when resuming.
+
+    Raises:
+        RunDirError: when it cannot be used as asked.
+    """
+    saved = run_dir / CONFIG
+    checkpoints = checkpoints_dir(run_dir)
+    has_checkpoints = checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+    if resume == "auto":
+        if has_checkpoints and saved.is_file():
+            return read_config(saved)
+        return None
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"{run_dir} is not empty; --resume never refuses to overwrite it "
+                "(add --overwrite to delete it and start afresh, or use --resume auto)"
+            )
+        if not saved.is_file():
+            raise RunDirError(
+                f"{run_dir} does not look like a run directory (no config.yaml); "
+                "refusing to delete it"
+            )
+        shutil.rmtree(run_dir)
+    return None
+
+
+def identity_settings(config: Config) -> dict[str, Any]:
+    """Settings a resumed run must share with its checkpoints (shapes, data order, split)."""
+    family = to_dict(config.model.family)
+    out = {
+        f"model.{config.model.name}.{k}": v for k, v in family.items() if k not in _SAFE_MODEL_KEYS
+    }
+    out.update(
+        {
+            "model.name": config.model.name,
+            "data.image_size": config.data.image_size,
+            "data.split": list(config.data.split),
+            "data.split_seed": config.data.split_seed,
+            "data.official_split": config.data.official_split,
+            "train.batch_size": config.train.batch_size,
+            "train.seed": config.train.seed,
+        }
+    )
+    return out
+
+
+def check_compatible(saved: Config, new: Config) -> None:
+    """Refuse to resume with different shape-defining settings; log the safe changes.
+
+    Raises:
+        RunDirError: naming every setting that differs.
+    """
+    old_id, new_id = identity_settings(saved), identity_settings(new)
+    diffs = [
+        f"{k}: {old_id.get(k)!r} -> {new_id.get(k)!r}"
+        for k in sorted(set(old_id) | set(new_id))
+        if old_id.get(k) != new_id.get(k)
+    ]
+    if diffs:
+        raise RunDirError(
+            "this run directory holds a run with different settings, which cannot be resumed "
+            "with this config:\n  "
+            + "\n  ".join(diffs)
+            + "\nUse another --run-dir, or --resume never --overwrite to start it afresh."
+        )
+    flat_old, flat_new = _flatten(to_dict(saved)), _flatten(to_dict(new))
+    for key in sorted(flat_new):
+        if key != "data.stages" and flat_old.get(key) != flat_new[key]:
+            log.info(
+                "resuming with a changed setting %s: %r -> %r",
+                key,
+                flat_old.get(key),
+                flat_new[key],
+            )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# ------------------------------------------------------------------------------ split manifest
+
+
+def write_split_manifest(run_dir: Path, splits: Splits) -> None:
+    """Record which images each split holds, so evaluation can check it sees the same split."""
+    manifest = {name: sorted(r.key for r in splits[name]) for name in SPLITS}
+    (run_dir / SPLIT_MANIFEST).write_text(json.dumps(manifest))
+
+
+def check_split_manifest(run_dir: Path, name: str, records: Sequence[Record]) -> None:
+    """Fail if the data now gives a different ``name`` split than the run was trained with."""
+    expected = _manifest(run_dir)[name]
+    if sorted(r.key for r in records) != expected:
+        raise RunError(
+            f"the {name} split of the data differs from the one {run_dir} was trained with "
+            f"({len(records)} vs {len(expected)} images): evaluating would not be held out"
+        )
+
+
+def check_held_out(run_dir: Path, splits: Splits, data: str) -> None:
+    """Fail if any validation or test image of other data was in the run's training split."""
+    trained = set(_manifest(run_dir)["train"])
+    for name in ("val", "test"):
+        seen = [r.key for r in splits[name] if r.key in trained]
+        if seen:
+            raise RunError(
+                f"{len(seen)} images of the {name} split of {data} (e.g. {seen[0]}) were used "
+                f"to train {run_dir}: the evaluation would not be held out"
+            )
+
+
+def _manifest(run_dir: Path) -> dict[str, list[str]]:
+    path = run_dir / SPLIT_MANIFEST
+    if not path.is_file():
+        raise RunError(f"{run_dir} has no splits.json; cannot verify the held-out split")
+    manifest: dict[str, list[str]] = json.loads(path.read_text())
+    return manifest
+
+
+# ---------------------------------------------------------------------------------- threshold
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What evaluation stores with the export: the operating threshold and overlay scale."""
+
+    threshold: float
+    map_scale: float
+
+
+def write_calibration(run_dir: Path, calibration: Calibration, n_val_images: int) -> None:
+    """Write ``<run>/export/threshold.json`` (chosen on the validation split)."""
+    (export_dir(run_dir) / THRESHOLD).write_text(
+        json.dumps(
+            {
+                "threshold": calibration.threshold,
+                "chosen_on": "validation split, maximum F1",
+                "n_val_images": n_val_images,
+                "map_scale": calibration.map_scale,
+                "map_scale_is": "95th percentile of the anomaly-map maxima of normal "
+                "validation images (overlays saturate there)",
+            },
+            indent=2,
+        )
+    )
+
+
+def load_calibration(run_dir: Path) -> Calibration:
+    """Read ``<run>/export/threshold.json``.
+
+    Raises:
+        RunError: when the run has not been evaluated (with this version) yet.
+    """
+    path = export_dir(run_dir) / THRESHOLD
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir} has no validation threshold yet: run `imgae-evaluate --run {run_dir}` first"
+        )
+    values = json.loads(path.read_text())
+    if "map_scale" not in values:
+        raise RunError(
+            f"{path} was written by an older version: run `imgae-evaluate --run {run_dir}` again"
+        )
+    return Calibration(float(values["threshold"]), float(values["map_scale"]))
+
+
+# ------------------------------------------------------------------------------- training log
+
+
+class TrainingLog:
+    """Appends JSON lines to ``<run>/metrics.jsonl``."""
+
+    def __init__(
+        self, run_dir: Path, *, enabled: bool = True, tracker: Tracker | None = None
+    ) -> None:
+        self.path = run_dir / TRAINING_LOG
+        self.enabled = enabled
+        self.tracker = tracker
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record (only where enabled: process 0 of a multi-host run).
+
+        The numeric values also go to the W&B tracker, at the record's ``step``.
+        """
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tracker is not None:
+            numbers = {
+                k: v for k, v in record.items() if isinstance(v, int | float) and k != "step"
+            }
+            self.tracker.log(numbers, step=record["step"])
+
+
+def read_training_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The JSON lines of ``<run>/metrics.jsonl`` (empty when the file is missing)."""
+    path = run_dir / TRAINING_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

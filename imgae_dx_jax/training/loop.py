@@ -1,0 +1,353 @@
+"""The stage/epoch/step loop of one training invocation, with signals and validation.
+
+Resuming is exact: the data order, the random keys and every state are functions of the
+config and the step, and a checkpoint holds the model, the optimiser(s), the grain
+iterator and the progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from imgae_dx_jax import __version__, distributed
+from imgae_dx_jax import run_dir as rundir
+from imgae_dx_jax.checkpoints import Checkpoints, SaveCadence
+from imgae_dx_jax.config import Config, ConfigError, to_dict
+from imgae_dx_jax.data import Store
+from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset, train_dataset
+from imgae_dx_jax.data.split import Splits
+from imgae_dx_jax.errors import Interrupted, NonFiniteLossError
+from imgae_dx_jax.tracking import resource_metrics
+from imgae_dx_jax.training.step import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def stage_seed(config: Config, stage: str) -> int:
+    """Shuffle seed of one stage: the same whichever stages an invocation trains."""
+    return config.train.seed * 1000 + int(stage.rsplit("_", 1)[1])
+
+
+def validation_loss(
+    trainer: Trainer, source: ImageSource, config: Config, mesh: jax.sharding.Mesh, step: int
+) -> dict[str, float]:
+    """Mean validation losses over the validation split's full global batches.
+
+    Each process reads its own part of the split. Only full batches are used (fixed shapes:
+    no recompilation, no padded duplicates); they are the same images every epoch, so the
+    losses are comparable. ``step`` seeds the noise of the denoising objective.
+    """
+    index, count = distributed.process_shard()
+    local_batch = config.train.batch_size // count
+    n_batches = len(source) // count // local_batch  # the same number on every process
+    if not n_batches:
+        raise ConfigError(
+            f"train.batch_size: the validation split has fewer than {config.train.batch_size} "
+            "images"
+        )
+    totals: dict[str, float] = {}
+    batches = eval_dataset(source, local_batch, config.data.num_threads, shard=(index, count))
+    for number, batch in zip(range(n_batches), batches, strict=False):
+        images = distributed.global_batch(batch["image"], mesh)
+        losses = trainer.eval_step(trainer.state, images, np.uint32(step * 1024 + number))
+        for name, value in jax.device_get(losses).items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return {f"val_{k}": v / n_batches for k, v in totals.items()}
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved as checkpoint metadata."""
+
+    completed_stages: list[str] = field(default_factory=list)
+    stage: str = ""
+    epoch: int = 0
+    """Completed epochs of ``stage``."""
+    step_in_epoch: int = 0
+    step: int = 0
+    """Optimiser steps in total."""
+    best_val_loss: float | None = None
+    best_step: int | None = None
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT: the loop saves and stops at the next step boundary.
+
+    A second SIGINT raises :class:`KeyboardInterrupt` at once.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        """Signal handler: remember the signal (a repeated SIGINT interrupts at once)."""
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning(
+            "%s received: saving a checkpoint, then stopping (Ctrl-C again to quit now)",
+            signal.Signals(signum).name,
+        )
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """Install :class:`StopFlag` for SIGTERM and SIGINT (main thread only) for the block."""
+    flag = StopFlag()
+    handlers = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handlers[sig] = signal.signal(sig, flag)
+    except ValueError:  # not the main thread: leave signal handling alone
+        pass
+    try:
+        yield flag
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+class TrainingLoop:
+    """The stage/epoch/step loop of one invocation."""
+
+    def __init__(
+        self,
+        config: Config,
+        run_config: Config,
+        run_dir: Path,
+        mesh: jax.sharding.Mesh,
+        trainer: Trainer,
+        checkpoints: Checkpoints,
+        store: Store,
+        splits: Splits,
+        progress: Progress,
+    ) -> None:
+        self.config, self.run_config, self.run_dir, self.mesh = config, run_config, run_dir, mesh
+        self.trainer, self.checkpoints, self.store, self.splits = (
+            trainer,
+            checkpoints,
+            store,
+            splits,
+        )
+        self.progress = progress
+        self.metrics = rundir.TrainingLog(run_dir, enabled=distributed.is_main_process())
+        self.cadence = SaveCadence(config.train)
+        self.pending: list[Any] = []
+        """Per-step loss terms (device arrays) not yet checked for NaN/inf."""
+        self.pending_first_step = 0
+        self.skips: dict[tuple[str, str], SkipLog] = {}
+        """(split, stage) -> images skipped, for the summary at the end of the run."""
+        self.meta_base = {
+            "config": to_dict(run_config),
+            "config_hash": rundir.config_hash(config),
+            "version": __version__,
+            "model": config.model.name,
+        }
+
+    def _source(self, records: Any, skips: SkipLog) -> ImageSource:
+        return ImageSource(records, self.store, self.config.data.image_size, skips)
+
+    def train_stage(self, stage: str, resume_step: int | None) -> bool:
+        """Train one stage for ``train.epochs`` epochs, continuing a saved position.
+
+        Args:
+            stage: the stage to train.
+            resume_step: the checkpoint whose data-iterator state continues this stage.
+
+        Returns:
+            Whether the stage is complete (False when ``train.max_steps`` stopped it).
+        """
+        cfg, p = self.config, self.progress
+        if cfg.train.max_steps and p.step >= cfg.train.max_steps:
+            return False
+        if p.stage != stage:
+            p.stage, p.epoch, p.step_in_epoch = stage, 0, 0
+        trained = set(p.completed_stages) | {stage}
+        train_skips = self.skips.setdefault(("train", stage), SkipLog())
+        val_skips = self.skips.setdefault(("validation", stage), SkipLog())
+        train_source = self._source([r for r in self.splits.train if r.stage == stage], train_skips)
+        val_source = self._source([r for r in self.splits.val if r.stage in trained], val_skips)
+        shard = distributed.process_shard()
+        local_batch = cfg.train.batch_size // shard[1]
+        data_iter = iter(
+            train_dataset(
+                train_source, local_batch, stage_seed(cfg, stage), cfg.data.num_threads, shard=shard
+            )
+        )
+        if resume_step is not None:
+            self.checkpoints.restore_iterator(resume_step, data_iter)
+        # Every process takes the same number of steps (shards differ by at most one image).
+        steps_per_epoch = max(1, len(train_source) // shard[1] // local_batch)
+        log.info(
+            "stage %s: %d training images, %d steps per epoch, %d epochs",
+            stage,
+            len(train_source),
+            steps_per_epoch,
+            cfg.train.epochs,
+        )
+        with stop_on_signals() as stop:
+            while p.epoch < cfg.train.epochs:
+                self._epoch(data_iter, steps_per_epoch, stop)
+                cut = p.step_in_epoch < steps_per_epoch  # train.max_steps reached mid-epoch
+                val = validation_loss(self.trainer, val_source, self.config, self.mesh, p.step)
+                self._check_finite([val], p.step, what="validation loss")
+                if not cut:
+                    p.epoch, p.step_in_epoch = p.epoch + 1, 0
+                if p.best_val_loss is None or val["val_loss"] < p.best_val_loss:
+                    p.best_val_loss, p.best_step = val["val_loss"], p.step
+                self.metrics.write(
+                    {"step": p.step, "stage": stage, "epoch": p.epoch + int(cut), **val}
+                )
+                log.info(
+                    "stage %s epoch %d/%d: step %d, validation loss %.5f",
+                    stage,
+                    p.epoch + int(cut),
+                    cfg.train.epochs,
+                    p.step,
+                    val["val_loss"],
+                )
+                self._save(data_iter, val["val_loss"])
+                if cut:
+                    log.info("train.max_steps=%d reached", cfg.train.max_steps)
+                    return False
+        p.completed_stages.append(stage)
+        p.stage, p.epoch = "", 0
+        self._save(data_iter, None)
+        return True
+
+    def log_skips(self) -> None:
+        """Log the images skipped in this invocation, by split, stage and reason."""
+        lines = [
+            f"{split} {stage}: {len(skips)} ("
+            + ", ".join(f"{n} {reason}" for reason, n in sorted(skips.by_reason().items()))
+            + ")"
+            for (split, stage), skips in self.skips.items()
+            if len(skips)
+        ]
+        if lines:
+            log.warning("skipped images by reason: %s", "; ".join(lines))
+        elif self.skips:
+            log.info("no images were skipped")
+
+    def _epoch(self, data_iter: Any, steps_per_epoch: int, stop: StopFlag) -> None:
+        cfg, p = self.config.train, self.progress
+        steps = steps_per_epoch - p.step_in_epoch
+        if cfg.max_steps:
+            steps = min(steps, cfg.max_steps - p.step)
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=p.step_in_epoch,
+            unit="step",
+            file=sys.stderr,
+            desc=f"{p.stage} epoch {p.epoch + 1}/{cfg.epochs}",
+            dynamic_ncols=True,
+        )
+        window_start, window_images, self.pending = time.perf_counter(), 0, []
+        for _ in range(steps):
+            batch = next(data_iter)
+            images = distributed.global_batch(batch["image"], self.mesh)
+            self.trainer.state, metrics = self.trainer.train_step(
+                self.trainer.state, images, np.uint32(p.step)
+            )
+            if not self.pending:
+                self.pending_first_step = p.step + 1
+            p.step += 1
+            p.step_in_epoch += 1
+            window_images += images.shape[0]
+            self.pending.append(metrics)
+            bar.update(1)
+            if p.step % cfg.log_every == 0:
+                host = jax.device_get(self.pending)
+                self._check_finite(host, self.pending_first_step)
+                elapsed = time.perf_counter() - window_start
+                record: dict[str, Any] = {
+                    name: float(np.mean([m[name] for m in host])) for name in host[0]
+                }
+                record.update(
+                    step=p.step,
+                    stage=p.stage,
+                    epoch=p.epoch + 1,
+                    images_per_s=window_images / max(elapsed, 1e-9),
+                    lr=self.config.model.family.learning_rate,
+                    **resource_metrics(),
+                )
+                self.metrics.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+                window_start, window_images, self.pending = time.perf_counter(), 0, []
+            images_every = self.config.tracking.images_every
+            if self.metrics.tracker is not None and images_every and p.step % images_every == 0:
+                self._log_samples(images)
+            if self.cadence.due(p.step):
+                self._save(data_iter, None)
+            if stop.signal is not None:
+                bar.close()
+                self._save(data_iter, None)
+                raise Interrupted(
+                    f"stopped by {signal.Signals(stop.signal).name} at step {p.step}", stop.signal
+                )
+        bar.close()
+
+    def _log_samples(self, images: jax.Array) -> None:
+        """Log input | reconstruction | anomaly map of up to 4 training images to W&B."""
+        x, recon, maps = (
+            np.asarray(a) for a in self.trainer.sample_step(self.trainer.state, images)
+        )
+        rows = []
+        for i in range(min(4, len(x))):
+            scaled = maps[i] / max(float(maps[i].max()), 1e-8)
+            rows.append(np.concatenate([x[i, ..., 0], recon[i, ..., 0], scaled], axis=1))
+        assert self.metrics.tracker is not None
+        self.metrics.tracker.log_images(
+            {"samples/input_reconstruction_map": np.concatenate(rows, axis=0)},
+            step=self.progress.step,
+        )
+
+    def _check_finite(
+        self, records: list[dict[str, Any]], first_step: int, what: str = "loss"
+    ) -> None:
+        """Stop at the first step whose loss terms are not all finite.
+
+        Raises:
+            NonFiniteLossError: naming the step, every loss term and how to resume.
+        """
+        for offset, record in enumerate(records):
+            values = {k: float(np.asarray(v)) for k, v in record.items()}
+            if all(np.isfinite(v) for v in values.values()):
+                continue
+            terms = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+            family = self.config.model.name
+            lr = self.config.model.family.learning_rate
+            saved = self.checkpoints.steps()
+            kept = (
+                f"nothing was saved after step {max(saved)}, whose checkpoint is intact: rerun "
+                "the same command to resume from it, e.g. with a lower learning rate "
+                f"(--set model.{family}.learning_rate={lr / 10:g})"
+                if saved
+                else "no checkpoint was saved yet: lower the learning rate "
+                f"(--set model.{family}.learning_rate={lr / 10:g}) and start again"
+            )
+            raise NonFiniteLossError(
+                f"non-finite {what} at step {first_step + offset} ({terms}); training stopped "
+                f"and {kept}"
+            )
+
+    def _save(self, data_iter: Any, val_loss: float | None) -> None:
+        if self.pending:  # never checkpoint a model whose last steps went NaN
+            self._check_finite(jax.device_get(self.pending), self.pending_first_step)
+        model_state, opt_state = self.trainer.parts()
+        meta = {**self.meta_base, "progress": vars(self.progress).copy()}
+        self.checkpoints.save(self.progress.step, model_state, opt_state, data_iter, meta, val_loss)
+        self.cadence.saved()

@@ -1,0 +1,114 @@
+"""The compiled step functions of one model family: jit with explicit shardings.
+
+:func:`build_trainer` wraps the family's pure steps (:mod:`imgae_dx_jax.families`) once in
+``jax.jit`` over the split ``(model, optimizers)`` state: the state is donated and replicated
+(or FSDP-sharded), the batch is sharded along the mesh's ``data`` axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from imgae_dx_jax import distributed
+from imgae_dx_jax.config import Config
+from imgae_dx_jax.families import anomaly_maps, create_model, get_objective
+from imgae_dx_jax.models import compute_dtype
+
+
+def to_unit_float(images: jax.Array) -> jax.Array:
+    """Convert uint8 images to float32 in [0, 1] (done on the device)."""
+    return images.astype(jnp.float32) / 255.0
+
+
+@dataclass
+class Trainer:
+    """The compiled step functions of one model family and their functional state.
+
+    ``train_step(state, images, step)`` and ``eval_step(state, images, index)`` take global
+    uint8 batches (:func:`distributed.global_batch`); their random keys are derived inside
+    the steps from ``train.seed`` and the integer, so no key array crosses hosts.
+    """
+
+    graphdef: nnx.GraphDef[Any]
+    state: Any
+    sharding: Any
+    train_step: Callable[[Any, jax.Array, np.uint32], tuple[Any, dict[str, jax.Array]]]
+    eval_step: Callable[[Any, jax.Array, np.uint32], dict[str, jax.Array]]
+    sample_step: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+    """(state, images) -> (inputs, reconstructions, anomaly maps), replicated."""
+
+    def model_and_optimizers(self) -> tuple[nnx.Module, dict[str, nnx.Optimizer]]:
+        """Rebuild the nnx objects from the current state."""
+        model, optimizers = nnx.merge(self.graphdef, self.state)
+        return model, optimizers
+
+    def parts(self) -> tuple[Any, Any]:
+        """The (model state, optimiser state) pair that checkpoints save."""
+        model, optimizers = self.model_and_optimizers()
+        return nnx.state(model), nnx.state(optimizers)
+
+    def load(self, model_state: Any, opt_state: Any) -> None:
+        """Replace the state with restored arrays (placed with the trainer's shardings)."""
+        model, optimizers = self.model_and_optimizers()
+        nnx.update(model, model_state)
+        nnx.update(optimizers, opt_state)
+        self.state = jax.device_put(nnx.state((model, optimizers)), self.sharding)
+
+
+def build_trainer(config: Config, mesh: jax.sharding.Mesh) -> Trainer:
+    """Create the model and optimisers and jit their train and validation steps.
+
+    The steps are pure functions of (state, batch, step): the state is donated and replicated
+    (or FSDP-sharded with ``train.shard_params``), the batch is sharded along ``data``.
+    With ``train.precision: bf16`` the model computes in bfloat16 (it casts its input batch on
+    entry) while parameters, optimiser state, outputs and losses stay float32.
+    """
+    model = create_model(
+        config.model,
+        config.data.image_size,
+        dtype=compute_dtype(config.train.precision),
+        rngs=nnx.Rngs(config.train.seed),
+    )
+    objective = get_objective(config.model)
+    optimizers = objective.create_optimizers(model)
+    graphdef, state = nnx.split((model, optimizers))
+    sharding = distributed.state_shardings(state, mesh, config.train.shard_params)
+    state = jax.device_put(state, sharding)
+    data = distributed.batch_sharding(mesh)
+    repl = distributed.replicated(mesh)
+    train_key, val_key = jax.random.split(jax.random.key(config.train.seed))
+
+    @partial(
+        jax.jit,
+        donate_argnums=0,
+        in_shardings=(sharding, data, None),
+        out_shardings=(sharding, repl),
+    )
+    def train_step(state: Any, images: jax.Array, step: jax.Array) -> tuple[Any, Any]:
+        model, optimizers = nnx.merge(graphdef, state)
+        key = jax.random.fold_in(train_key, step)
+        metrics = objective.train_step(model, optimizers, to_unit_float(images), key)
+        return nnx.state((model, optimizers)), metrics
+
+    @partial(jax.jit, in_shardings=(sharding, data, None), out_shardings=repl)
+    def eval_step(state: Any, images: jax.Array, index: jax.Array) -> Any:
+        model, _ = nnx.merge(graphdef, state)
+        key = jax.random.fold_in(val_key, index)
+        return objective.eval_losses(model, to_unit_float(images), key)
+
+    @partial(jax.jit, in_shardings=(sharding, data), out_shardings=repl)
+    def sample_step(state: Any, images: jax.Array) -> Any:
+        model, _ = nnx.merge(graphdef, state)
+        inputs = to_unit_float(images)
+        reconstructions, maps = anomaly_maps(model, inputs, config.model)
+        return inputs, reconstructions, maps
+
+    return Trainer(graphdef, state, sharding, train_step, eval_step, sample_step)

@@ -1,0 +1,166 @@
+"""Training: stages -> epochs -> steps, with logging, validation and exact resume.
+
+:func:`train` wires the run directory (:mod:`imgae_dx_jax.run_dir`), the data, the compiled
+steps (:mod:`imgae_dx_jax.training.step`), the checkpoints and the loop
+(:mod:`imgae_dx_jax.training.loop`), then writes the inference export. The model math lives
+in :mod:`imgae_dx_jax.families`; this module holds none.
+
+Resuming is exact: a run killed at any point and resumed ends with bit-identical parameters
+(on the same device kind).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from imgae_dx_jax import distributed
+from imgae_dx_jax import run_dir as rundir
+from imgae_dx_jax.checkpoints import Checkpoints, export_model
+from imgae_dx_jax.config import Config, ConfigError, from_dict, to_dict
+from imgae_dx_jax.data import load_splits
+from imgae_dx_jax.data.split import Splits
+from imgae_dx_jax.tracking import Tracker
+from imgae_dx_jax.training.loop import Progress, TrainingLoop
+from imgae_dx_jax.training.step import Trainer, build_trainer
+
+log = logging.getLogger(__name__)
+
+
+def log_split_counts(splits: Splits) -> None:
+    """Log images per split and class."""
+    for name, counts in splits.counts().items():
+        log.info("%-5s %4d normal, %4d abnormal", name, counts["normal"], counts["abnormal"])
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` leaves: the run's config and the trained model."""
+
+    config: Config
+    """As saved in ``run_dir/config.yaml``: ``data.stages`` lists every stage trained so far,
+    in order; evaluation uses it."""
+    model: nnx.Module
+    """The trained model (arrays on the mesh's devices)."""
+
+
+def train(
+    config: Config,
+    run_dir: Path,
+    *,
+    resume: str = "auto",
+    overwrite: bool = False,
+    tracker: Tracker | None = None,
+) -> TrainResult:
+    """Train the configured stages in ``run_dir``, resuming from its checkpoints.
+
+    Stages already completed in the run directory are skipped; the model and optimiser
+    carry over from one stage to the next. ``tracker`` (started by the caller) receives the
+    logged metrics and, every ``tracking.images_every`` steps, sample reconstructions; it is
+    started here, once the run directory is known to be usable.
+
+    Returns:
+        The run's config and the trained model.
+
+    Raises:
+        RunDirError: when the run directory holds an incompatible run.
+        Interrupted: after a signal, once the checkpoint is saved.
+    """
+    if resume not in rundir.RESUME_MODES:
+        modes = " or ".join(rundir.RESUME_MODES)
+        raise ConfigError(f"--resume: {resume!r}; choose {modes}")
+    saved_config = rundir.prepare(run_dir, resume, overwrite)
+    if saved_config is not None:
+        rundir.check_compatible(saved_config, config)
+    mesh = distributed.make_mesh()
+    if config.train.batch_size % mesh.size:
+        raise ConfigError(
+            f"train.batch_size: {config.train.batch_size} is not divisible by "
+            f"the {mesh.size} devices"
+        )
+    main = distributed.is_main_process()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if tracker is not None:
+            tracker.start(config, run_dir)
+    trainer = build_trainer(config, mesh)
+    checkpoints = Checkpoints(rundir.checkpoints_dir(run_dir), keep=config.train.keep_checkpoints)
+    finished = False
+    try:
+        progress, restored_step = _restore(checkpoints, trainer)
+        history = list(progress.completed_stages) + ([progress.stage] if progress.stage else [])
+        todo = [s for s in config.data.stages if s not in progress.completed_stages]
+        stages = history + [s for s in todo if s not in history]
+        run_config = _with_stages(config, stages)
+        if main:
+            rundir.write_config(run_config, run_dir)
+        store, catalog, splits = load_splits(run_config.data)
+        log.info(
+            "data: %s, stages %s, %d images",
+            store.description,
+            ",".join(stages),
+            len(catalog.records),
+        )
+        log_split_counts(splits)
+        if main:
+            rundir.write_split_manifest(run_dir, splits)
+        model, _ = trainer.model_and_optimizers()
+        n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        log.info(
+            "model %s: %.2fM parameters; %d device(s) in %d process(es); global batch %d "
+            "= %d per device",
+            config.model.name,
+            n_params / 1e6,
+            mesh.size,
+            jax.process_count(),
+            config.train.batch_size,
+            config.train.batch_size // mesh.size,
+        )
+        if not todo:
+            log.info("stages %s are already trained in %s", ",".join(config.data.stages), run_dir)
+        loop = TrainingLoop(
+            config, run_config, run_dir, mesh, trainer, checkpoints, store, splits, progress
+        )
+        loop.metrics.tracker = tracker
+        try:
+            for stage in todo:
+                if not loop.train_stage(stage, restored_step if stage == progress.stage else None):
+                    break
+        finally:
+            loop.log_skips()
+        checkpoints.wait()  # the last checkpoint is on disk before the export is written
+        model_state, _ = trainer.parts()
+        export_model(run_dir, run_config, model_state)
+        finished = True
+    finally:
+        checkpoints.close(raise_errors=finished)
+    return TrainResult(run_config, trainer.model_and_optimizers()[0])
+
+
+def _with_stages(config: Config, stages: list[str]) -> Config:
+    tree = to_dict(config)
+    tree["data"]["stages"] = stages
+    return from_dict(tree, "run")
+
+
+def _restore(checkpoints: Checkpoints, trainer: Trainer) -> tuple[Progress, int | None]:
+    if not checkpoints.steps():
+        return Progress(), None
+    model_state, opt_state = trainer.parts()
+    # The data iterator of the stage in progress is restored once that stage's is built.
+    step, restored = checkpoints.restore_latest(model_state, opt_state)
+    trainer.load(restored["model"], restored["opt"])
+    meta = restored["meta"]
+    progress = Progress(**meta["progress"])
+    log.info(
+        "resuming from checkpoint %d (stage %s, epoch %d, step %d of the epoch)",
+        step,
+        progress.stage or "-",
+        progress.epoch,
+        progress.step_in_epoch,
+    )
+    return progress, step

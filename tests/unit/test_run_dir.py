@@ -1,0 +1,58 @@
+"""The run directory: one config reader (with migration) for resume and export alike."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from imgae_dx_jax import __version__
+from imgae_dx_jax import run_dir as rundir
+from imgae_dx_jax.config import load_config
+from imgae_dx_jax.errors import RunError
+
+
+def older_release(path) -> None:
+    """Rewrite a config.yaml as a release without ``tracking`` and ``model.fast_path`` had it."""
+    tree = yaml.safe_load(path.read_text())
+    del tree["tracking"], tree["model"]["fast_path"]
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+
+
+def test_resume_reads_an_older_config_with_defaults(tmp_path, caplog):
+    config = load_config(overrides=["model.name=ae", "train.epochs=3"])
+    rundir.write_config(config, tmp_path)
+    older_release(tmp_path / "config.yaml")
+    (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+    with caplog.at_level("INFO", logger="imgae_dx_jax"):
+        saved = rundir.prepare(tmp_path, "auto", overwrite=False)
+    assert saved == config
+    assert "tracking" in caplog.text and "model.fast_path" in caplog.text
+    rundir.check_compatible(saved, config)
+
+
+def test_export_reader_is_the_same_reader(tmp_path):
+    config = load_config(overrides=["model.name=unet"])
+    export = rundir.export_dir(tmp_path)
+    export.mkdir()
+    rundir.write_config(config, export)
+    older_release(export / "config.yaml")
+    assert rundir.load_export_config(tmp_path) == config
+
+
+def test_written_config_is_headed_by_the_version(tmp_path):
+    rundir.write_config(load_config(), tmp_path)
+    assert (tmp_path / "config.yaml").read_text().startswith(f"# imgae-dx-jax {__version__}\n")
+
+
+def test_calibration_round_trip_and_errors(tmp_path):
+    with pytest.raises(RunError, match="no validation threshold yet"):
+        rundir.load_calibration(tmp_path)
+    rundir.export_dir(tmp_path).mkdir()
+    rundir.write_calibration(tmp_path, rundir.Calibration(0.25, 0.5), n_val_images=10)
+    assert rundir.load_calibration(tmp_path) == rundir.Calibration(0.25, 0.5)
+    path = rundir.export_dir(tmp_path) / "threshold.json"
+    path.write_text(json.dumps({"threshold": 0.25}))
+    with pytest.raises(RunError, match="older version"):
+        rundir.load_calibration(tmp_path)
