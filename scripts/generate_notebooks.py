@@ -325,7 +325,8 @@ def quickstart() -> list[NotebookNode]:
                     *SETTINGS,
                 ]
                 """,
-                "train_and_evaluate(config, run_dir, resume=RESUME_MODE, overwrite=not RESUME, evaluate=False)",
+                "train_and_evaluate(config, run_dir, resume=RESUME_MODE, overwrite=not RESUME, "
+                "evaluate=False)",
             )
         ),
         md(
