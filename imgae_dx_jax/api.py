@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 
 from imgae_dx_jax import distributed
 from imgae_dx_jax import run_dir as rundir
-from imgae_dx_jax.config import Config, parse_stages, to_dict
+from imgae_dx_jax.config import parse_stages, to_dict
 from imgae_dx_jax.evaluation import (
     MIN_BOOTSTRAP,
     check_request,
@@ -27,6 +27,7 @@ from imgae_dx_jax.evaluation import (
 )
 from imgae_dx_jax.logs import setup_logging
 from imgae_dx_jax.results import Comparison
+from imgae_dx_jax.schema import Config
 from imgae_dx_jax.tracking import Tracker
 from imgae_dx_jax.training import train
 

@@ -32,9 +32,9 @@ from flax import nnx
 
 from imgae_dx_jax import distributed
 from imgae_dx_jax import run_dir as rundir
-from imgae_dx_jax.config import Config, TrainConfig
 from imgae_dx_jax.errors import CheckpointError, RunError
 from imgae_dx_jax.families import create_model
+from imgae_dx_jax.schema import Config, TrainConfig
 
 log = logging.getLogger(__name__)
 _policies = ocp.checkpoint_managers

@@ -27,19 +27,12 @@ import requests
 import yaml
 
 from imgae_dx_jax import __version__
-from imgae_dx_jax.config import (
-    MODELS,
-    PRECISIONS,
-    SOURCES,
-    WANDB_MODES,
-    load_config,
-    parse_stages,
-    to_dict,
-)
+from imgae_dx_jax.config import load_config, parse_stages, to_dict
 from imgae_dx_jax.data import kaggle
 from imgae_dx_jax.errors import ImgaeError, Interrupted
 from imgae_dx_jax.logs import setup_logging
 from imgae_dx_jax.results import Prediction
+from imgae_dx_jax.schema import MODELS, PRECISIONS, SOURCES, WANDB_MODES
 from imgae_dx_jax.tracking import public_config
 
 

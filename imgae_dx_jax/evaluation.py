@@ -29,7 +29,7 @@ import numpy as np
 
 from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.checkpoints import restore_model
-from imgae_dx_jax.config import Config, DataConfig, with_overrides
+from imgae_dx_jax.config import with_overrides
 from imgae_dx_jax.data import Catalog, Splits, Store, load_splits
 from imgae_dx_jax.data.nih import Record
 from imgae_dx_jax.errors import DataError, RunError
@@ -49,6 +49,7 @@ from imgae_dx_jax.metrics.threshold import map_scale, select_threshold
 from imgae_dx_jax.report.documents import write_report
 from imgae_dx_jax.report.tables import TRACKED_TABLES
 from imgae_dx_jax.results import Band, Comparison, ModelResult, SplitScores
+from imgae_dx_jax.schema import Config, DataConfig
 from imgae_dx_jax.tracking import Tracker
 
 log = logging.getLogger(__name__)

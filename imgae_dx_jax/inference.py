@@ -16,12 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from imgae_dx_jax.config import Config
 from imgae_dx_jax.data import Store
 from imgae_dx_jax.data.nih import Record
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset
 from imgae_dx_jax.families import anomaly_maps
 from imgae_dx_jax.results import SplitScores
+from imgae_dx_jax.schema import Config
 
 
 def image_scores(maps: jax.Array) -> jax.Array:

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from imgae_dx_jax.config import Config
 from imgae_dx_jax.data.nih import Record
+from imgae_dx_jax.schema import Config
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,11 @@ from typing import Any
 import yaml
 
 from imgae_dx_jax import __version__
-from imgae_dx_jax.config import Config, from_dict, load_config, to_dict
+from imgae_dx_jax.config import from_dict, load_config, to_dict
 from imgae_dx_jax.data.nih import Record
 from imgae_dx_jax.data.split import SPLITS, Splits
 from imgae_dx_jax.errors import RunDirError, RunError
+from imgae_dx_jax.schema import Config
 from imgae_dx_jax.tracking import Tracker
 
 log = logging.getLogger(__name__)

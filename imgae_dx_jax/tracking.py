@@ -21,8 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from imgae_dx_jax.config import WANDB_MODES, Config, TrackingConfig, to_dict
+from imgae_dx_jax.config import to_dict
 from imgae_dx_jax.errors import TrackingError
+from imgae_dx_jax.schema import WANDB_MODES, Config, TrackingConfig
 
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_?key|credential|auth)", re.I)
 REDACTED = "<redacted>"
@@ -154,7 +155,7 @@ class Tracker:
         """Open the W&B run, named after ``run_dir``, and record the config (no secrets).
 
         Args:
-            config: the run's :class:`~imgae_dx_jax.config.Config`, or any mapping.
+            config: the run's :class:`~imgae_dx_jax.schema.Config`, or any mapping.
             run_dir: the run (or report) directory; W&B writes ``<run_dir>/wandb/`` unless a
                 directory was configured.
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from imgae_dx_jax.config import DataConfig
 from imgae_dx_jax.data.cache import ensure_caches
 from imgae_dx_jax.data.nih import Catalog
 from imgae_dx_jax.data.sources import load_catalog, open_store
 from imgae_dx_jax.data.split import Splits, split_catalog
 from imgae_dx_jax.data.stores import Store
 from imgae_dx_jax.errors import DataError
+from imgae_dx_jax.schema import DataConfig
 
 __all__ = ["Catalog", "DataError", "Splits", "Store", "load_splits"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imgae_dx_jax.config import DataConfig, user_cache_dir
+from imgae_dx_jax.config import user_cache_dir
 from imgae_dx_jax.data import kaggle
 from imgae_dx_jax.data.archive import ZipStore
 from imgae_dx_jax.data.http import open_url, public_url
@@ -27,6 +27,7 @@ from imgae_dx_jax.data.imagefolder import build_imagefolder_catalog
 from imgae_dx_jax.data.nih import Catalog, build_catalog
 from imgae_dx_jax.data.stores import FolderStore, Store, sample_archive_path
 from imgae_dx_jax.errors import DataError
+from imgae_dx_jax.schema import DataConfig
 
 
 def cache_dir_of(data: DataConfig) -> Path:

@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imgae_dx_jax.config import ModelConfig
 from imgae_dx_jax.families import ae, ra, unet
 from imgae_dx_jax.families.base import Family, Metrics, Optimizers
 from imgae_dx_jax.families.losses import eval_view
 from imgae_dx_jax.models import use_fast_path
+from imgae_dx_jax.schema import ModelConfig
 
 FAMILIES: dict[str, Family] = {"unet": unet.FAMILY, "ra": ra.FAMILY, "ae": ae.FAMILY}
 """Every model family by its ``model.name``."""

@@ -10,7 +10,6 @@ from typing import Any
 import jax
 from flax import nnx
 
-from imgae_dx_jax.config import AEConfig
 from imgae_dx_jax.families.base import Family, Metrics, Optimizers
 from imgae_dx_jax.families.losses import (
     eval_view,
@@ -20,6 +19,7 @@ from imgae_dx_jax.families.losses import (
     single_optimizer,
 )
 from imgae_dx_jax.models.autoencoder import Autoencoder
+from imgae_dx_jax.schema import AEConfig
 
 
 def build(cfg: AEConfig, image_size: int, fast: bool, dtype: Any, rngs: nnx.Rngs) -> Autoencoder:

@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from imgae_dx_jax.config import RAConfig
 from imgae_dx_jax.families.base import Family, Metrics, Optimizers
 from imgae_dx_jax.families.losses import cosine_distance, eval_view, gaussian_blur, mse
 from imgae_dx_jax.models.reversed_ae import ReversedAutoencoder
+from imgae_dx_jax.schema import RAConfig
 
 # --------------------------------------------------------------------------- loss pieces
 

@@ -12,7 +12,6 @@ from typing import Any
 import jax
 from flax import nnx
 
-from imgae_dx_jax.config import UNetConfig
 from imgae_dx_jax.families.base import Family, Metrics, Optimizers
 from imgae_dx_jax.families.losses import (
     eval_view,
@@ -22,6 +21,7 @@ from imgae_dx_jax.families.losses import (
     single_optimizer,
 )
 from imgae_dx_jax.models.unet import UNet
+from imgae_dx_jax.schema import UNetConfig
 
 
 def coarse_noise(key: jax.Array, shape: tuple[int, ...], resolution: int, std: float) -> jax.Array:

@@ -25,11 +25,12 @@ from tqdm.auto import tqdm
 from imgae_dx_jax import __version__, distributed
 from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.checkpoints import Checkpoints, SaveCadence
-from imgae_dx_jax.config import Config, ConfigError, to_dict
+from imgae_dx_jax.config import ConfigError, to_dict
 from imgae_dx_jax.data import Store
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset, train_dataset
 from imgae_dx_jax.data.split import Splits
 from imgae_dx_jax.errors import Interrupted, NonFiniteLossError
+from imgae_dx_jax.schema import Config
 from imgae_dx_jax.tracking import resource_metrics
 from imgae_dx_jax.training.step import Trainer
 

@@ -18,9 +18,9 @@ import numpy as np
 from flax import nnx
 
 from imgae_dx_jax import distributed
-from imgae_dx_jax.config import Config
 from imgae_dx_jax.families import anomaly_maps, create_model, get_objective
 from imgae_dx_jax.models import compute_dtype
+from imgae_dx_jax.schema import Config
 
 
 def to_unit_float(images: jax.Array) -> jax.Array:

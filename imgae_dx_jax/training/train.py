@@ -21,9 +21,10 @@ from flax import nnx
 from imgae_dx_jax import distributed
 from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.checkpoints import Checkpoints, export_model
-from imgae_dx_jax.config import Config, ConfigError, from_dict, to_dict
+from imgae_dx_jax.config import ConfigError, from_dict, to_dict
 from imgae_dx_jax.data import load_splits
 from imgae_dx_jax.data.split import Splits
+from imgae_dx_jax.schema import Config
 from imgae_dx_jax.tracking import Tracker
 from imgae_dx_jax.training.loop import Progress, TrainingLoop
 from imgae_dx_jax.training.step import Trainer, build_trainer

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from imgae_dx_jax.config import MODELS, load_config
+from imgae_dx_jax.config import load_config
 from imgae_dx_jax.families import FAMILIES
+from imgae_dx_jax.schema import MODELS
 
 
 def test_every_configurable_family_has_a_table_entry():

@@ -1,0 +1,210 @@
+"""The configuration's schema: one frozen dataclass per section, and the allowed values.
+
+:mod:`imgae_dx_jax.config` builds and validates a :class:`Config` from YAML files and
+``--set`` overrides; this module only declares its shape. A new setting is a field here, its
+default in ``configs/default.yaml`` and, where it has rules, a check in
+:func:`imgae_dx_jax.config.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODELS = ("unet", "ra", "ae")
+SOURCES = ("sample", "archive", "folder", "url", "kaggle", "imagefolder")
+UNET_MODES = ("denoising", "reconstruction")
+STAGES = tuple(f"images_{i:03d}" for i in range(1, 13))
+WANDB_MODES = ("online", "offline", "disabled")
+FAST_PATHS = ("auto", "always", "never")
+PRECISIONS = ("float32", "bf16")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are split and prepared."""
+
+    source: str
+    """``sample`` (the bundled NIH sample), ``archive`` (a local Kaggle-layout ZIP), ``folder``
+    (an extracted Kaggle-layout tree), ``url`` (an http(s) URL of such a ZIP, streamed with Range
+    requests), ``kaggle`` (a Kaggle dataset, streamed the same way) or ``imagefolder`` (a
+    labelled class-folder tree, or a ZIP of one)."""
+    path: str
+    """The archive, folder or URL; the Kaggle dataset (default ``nih-chest-xrays/data``) for
+    ``kaggle``; empty for ``sample``."""
+    stages: tuple[str, ...]
+    """NIH stages to use (``images_001`` .. ``images_012``)."""
+    image_size: int
+    """Side of the square, single-channel training images in pixels."""
+    split: tuple[float, float, float]
+    """Train/validation/test fractions of *patients* when no official split list exists."""
+    official_split: bool
+    """Use NIH's ``train_val_list.txt``/``test_list.txt`` when the archive has them."""
+    split_seed: int
+    """Seed of the patient split."""
+    num_threads: int
+    """Decoding threads of the input pipeline."""
+    cache: bool
+    """Decode each stage once into a resized uint8 cache under ``cache_dir`` and train from it."""
+    cache_dir: str
+    """Directory of stage caches and of downloads from servers without Range support (a Drive
+    path works on Colab)."""
+    normal_classes: tuple[str, ...]
+    """``imagefolder``: class folder names that are normal (case and separators ignored)."""
+    retries: int
+    """``url``/``kaggle``: retries of each transient network failure (with backoff)."""
+    timeout: float
+    """``url``/``kaggle``: seconds to wait for a connection or for data."""
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """U-Net trained as a (coarse-noise) denoising autoencoder."""
+
+    widths: tuple[int, ...]
+    """Channels per resolution level; the last one is the bottleneck."""
+    groups: int
+    """GroupNorm groups."""
+    mode: str
+    """``denoising`` (coarse noise, Kascenas et al. 2022) or ``reconstruction``."""
+    noise_resolution: int
+    """Side of the low-resolution Gaussian noise grid before bilinear upsampling."""
+    noise_std: float
+    """Standard deviation of the coarse noise."""
+    learning_rate: float
+    """Adam learning rate."""
+
+    @property
+    def downsamplings(self) -> int:
+        """Factor-2 downsamplings: one between each pair of levels."""
+        return len(self.widths) - 1
+
+
+@dataclass(frozen=True)
+class RAConfig:
+    """Reversed Autoencoder (Bercea et al., MIDL 2023): a Soft-IntroVAE with residual blocks."""
+
+    widths: tuple[int, ...]
+    """Encoder channels per level (paper: 64, 128, 256, 512, 512)."""
+    zdim: int
+    """Latent dimension."""
+    beta_rec: float
+    beta_kl: float
+    beta_neg: float
+    gamma_r: float
+    embedding_weight: float
+    """Weight of the reversed multi-scale embedding loss in the encoder loss."""
+    saliency_sigma: float
+    """Gaussian smoothing (pixels) of the encoder-discrepancy saliency map."""
+    learning_rate: float
+    """Adam learning rate of both the encoder and the decoder optimiser."""
+
+    @property
+    def downsamplings(self) -> int:
+        """Factor-2 downsamplings: one after each encoder level."""
+        return len(self.widths)
+
+
+@dataclass(frozen=True)
+class AEConfig:
+    """Plain convolutional autoencoder with a dense bottleneck."""
+
+    widths: tuple[int, ...]
+    """Channels of the strided-conv encoder levels (mirrored by the decoder)."""
+    latent_dim: int
+    """Size of the dense bottleneck."""
+    learning_rate: float
+    """Adam learning rate."""
+
+    @property
+    def downsamplings(self) -> int:
+        """Factor-2 downsamplings: one strided convolution per level."""
+        return len(self.widths)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model family to train, and the hyper-parameters of each family."""
+
+    name: str
+    unet: UNetConfig
+    ra: RAConfig
+    ae: AEConfig
+    fast_path: str = "auto"
+    """Layer implementations that XLA's CPU backend runs faster, same function and parameters
+    (:mod:`imgae_dx_jax.models.layers`): ``auto`` (on the CPU backend only), ``always`` or
+    ``never``."""
+
+    @property
+    def family(self) -> UNetConfig | RAConfig | AEConfig:
+        """The section of the selected family (``model.<name>``)."""
+        return getattr(self, self.name)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int
+    batch_size: int
+    seed: int
+    max_steps: int
+    """Stop after this many optimiser steps in total; 0 means no limit."""
+    log_every: int
+    """Write a line to ``metrics.jsonl`` every this many steps."""
+    checkpoint_every_steps: int
+    """Also checkpoint every this many steps (0: only at the end of epochs and stages)."""
+    checkpoint_every_minutes: float
+    """Also checkpoint when this many minutes passed since the last save (0: never)."""
+    keep_checkpoints: int
+    """Keep the newest this many checkpoints (plus the best by validation loss)."""
+    shard_params: bool
+    """Shard parameters and optimiser state over the devices (FSDP style) instead of
+    replicating them: for models too large to hold on every device."""
+    precision: str = "float32"
+    """Computation dtype of the convolutions and linear layers while training: ``float32``, or
+    ``bf16`` (bfloat16, for GPU/TPU) with float32 parameters, optimiser state, losses and
+    outputs."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Scoring of the validation and test splits."""
+
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where results go."""
+
+    root: str
+    """Directory under which each run gets ``<model>-<stages>-<timestamp>/``."""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking with Weights & Biases (the local ``metrics.jsonl`` is always written)."""
+
+    wandb: str
+    """``offline`` (write a local W&B run, no network), ``online`` (needs ``wandb login``) or
+    ``disabled``."""
+    project: str
+    """W&B project name."""
+    entity: str
+    """W&B entity (user or team); empty for the account's default."""
+    dir: str
+    """Directory under which W&B writes ``wandb/``; empty for the run (or report) directory."""
+    images_every: int
+    """Log sample reconstructions every this many training steps (0: never)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one run."""
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    eval: EvalConfig
+    run: RunConfig
+    tracking: TrackingConfig
