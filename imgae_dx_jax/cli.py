@@ -29,6 +29,7 @@ import yaml
 from imgae_dx_jax import __version__
 from imgae_dx_jax.config import load_config, parse_stages, to_dict
 from imgae_dx_jax.data import kaggle
+from imgae_dx_jax.data.sources import source_stages
 from imgae_dx_jax.errors import ImgaeError, Interrupted
 from imgae_dx_jax.logs import setup_logging
 from imgae_dx_jax.results import Prediction
@@ -299,7 +300,7 @@ def _validate(args: argparse.Namespace) -> int:
     config = load_config(args.file, args.set)
     print(
         f"{args.file}: valid ({config.model.name} model, source {config.data.source}, "
-        f"{config.data.image_size}px, stages {','.join(config.data.stages)})"
+        f"{config.data.image_size}px, stages {','.join(source_stages(config.data))})"
     )
     return 0
 

@@ -24,6 +24,7 @@ import yaml
 from imgae_dx_jax.errors import ConfigError
 from imgae_dx_jax.schema import (
     FAST_PATHS,
+    INTENSITIES,
     MODELS,
     PRECISIONS,
     SOURCES,
@@ -159,6 +160,12 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
         fail("data.path", f"source 'url' needs an http(s) URL, got {d.path!r}")
     if d.source == "imagefolder" and not d.normal_classes:
         fail("data.normal_classes", "name at least one normal class folder")
+    try:
+        re.compile(d.patient_pattern)
+    except re.error as err:
+        fail("data.patient_pattern", f"not a valid regular expression {d.patient_pattern!r}: {err}")
+    if d.intensity not in INTENSITIES:
+        fail("data.intensity", f"unknown mode {d.intensity!r}; choose {', '.join(INTENSITIES)}")
     if d.retries < 0:
         fail("data.retries", "must be >= 0")
     if d.timeout <= 0:

@@ -32,6 +32,7 @@ from imgae_dx_jax.checkpoints import restore_model
 from imgae_dx_jax.config import with_overrides
 from imgae_dx_jax.data import Catalog, Splits, Store, load_splits
 from imgae_dx_jax.data.nih import Record
+from imgae_dx_jax.data.sources import source_stages
 from imgae_dx_jax.errors import DataError, RunError
 from imgae_dx_jax.inference import Scorer, score_split
 from imgae_dx_jax.metrics.breakdown import per_finding, subgroups
@@ -199,7 +200,7 @@ def evaluate_model(
         threshold_source="validation split (max F1)",
         **{name: analyse(analysis) for name, analyse in ANALYSES.items()},
         data=store.description,
-        stages=list(config.data.stages),
+        stages=list(source_stages(config.data)),
         image_size=size,
         split_counts=splits.counts(),
         official_split=splits.official,

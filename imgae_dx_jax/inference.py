@@ -2,7 +2,8 @@
 
 :class:`Scorer` compiles a model's anomaly maps and image scores once and runs them in
 fixed-size batches; :func:`score_split` scores every readable image of a split. The image
-score is the aggregation :func:`image_scores` of the anomaly map.
+score is the aggregation :func:`image_scores` of the anomaly map. Images are normalised as in
+training (:func:`~imgae_dx_jax.data.intensity.model_input`, ``data.intensity``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from imgae_dx_jax.data import Store
+from imgae_dx_jax.data.intensity import model_input
 from imgae_dx_jax.data.nih import Record
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset
 from imgae_dx_jax.families import anomaly_maps
@@ -57,7 +59,8 @@ class Scorer:
         @jax.jit
         def run(state: Any, images: jax.Array) -> tuple[jax.Array, ...]:
             model = nnx.merge(graphdef, state)
-            x_hat, maps = anomaly_maps(model, images.astype(jnp.float32) / 255.0, config.model)
+            inputs = model_input(images, config.data.intensity)
+            x_hat, maps = anomaly_maps(model, inputs, config.model)
             return image_scores(maps), jnp.max(maps, axis=(1, 2)), x_hat[..., 0], maps
 
         self._run = run

@@ -47,6 +47,9 @@ EXPORT_MODEL = "model"
 THRESHOLD = "threshold.json"
 RESUME_MODES = ("auto", "never")
 _SAFE_MODEL_KEYS = ("learning_rate",)
+_LEGACY_VALUES = {("data", "intensity"): "none"}
+"""Settings whose behaviour before they existed differs from their default today: a run made
+before them gets these values, not the defaults."""
 
 
 def default_run_dir(config: Config) -> Path:
@@ -81,10 +84,18 @@ def read_config(path: Path) -> Config:
     """Read a run's ``config.yaml``, migrated to this version of the package.
 
     Keys added to the package after the run was made (a new section such as ``tracking``, or
-    a new setting) take their current default values, which are logged; every key the run
-    has must still be valid.
+    a new setting) take their current default values, which are logged, except those that
+    changed behaviour (``data.intensity``: ``none`` before it existed); every key the run has
+    must still be valid.
     """
     tree = yaml.safe_load(path.read_text())
+    legacy = []
+    for (section, key), value in _LEGACY_VALUES.items():
+        if isinstance(tree.get(section), dict) and key not in tree[section]:
+            tree[section][key] = value
+            legacy.append(f"{section}.{key}={value}")
+    if legacy:
+        log.info("%s predates these settings; keeping its behaviour: %s", path, ", ".join(legacy))
     added = _fill_missing(tree, to_dict(load_config()))
     if added:
         log.info("%s predates these settings; using their defaults: %s", path, ", ".join(added))
@@ -164,7 +175,7 @@ def prepare(run_dir: Path, resume: str, overwrite: bool) -> Config | None:
 
 
 def identity_settings(config: Config) -> dict[str, Any]:
-    """Settings a resumed run must share with its checkpoints (shapes, data order, split)."""
+    """Settings a resumed run must share with its checkpoints (shapes, input, order, split)."""
     family = to_dict(config.model.family)
     out = {
         f"model.{config.model.name}.{k}": v for k, v in family.items() if k not in _SAFE_MODEL_KEYS
@@ -173,6 +184,8 @@ def identity_settings(config: Config) -> dict[str, Any]:
         {
             "model.name": config.model.name,
             "data.image_size": config.data.image_size,
+            "data.intensity": config.data.intensity,
+            "data.patient_pattern": config.data.patient_pattern,
             "data.split": list(config.data.split),
             "data.split_seed": config.data.split_seed,
             "data.official_split": config.data.official_split,

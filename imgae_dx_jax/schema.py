@@ -17,6 +17,9 @@ STAGES = tuple(f"images_{i:03d}" for i in range(1, 13))
 WANDB_MODES = ("online", "offline", "disabled")
 FAST_PATHS = ("auto", "always", "never")
 PRECISIONS = ("float32", "bf16")
+INTENSITIES = ("none", "minmax", "p99")
+NIH_SOURCES = ("sample", "archive", "folder", "url", "kaggle")
+"""Sources of the NIH layout, which come in stages (``data.stages``); the others are one stage."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,8 @@ class DataConfig:
     """The archive, folder or URL; the Kaggle dataset (default ``nih-chest-xrays/data``) for
     ``kaggle``; empty for ``sample``."""
     stages: tuple[str, ...]
-    """NIH stages to use (``images_001`` .. ``images_012``)."""
+    """NIH stages to use (``images_001`` .. ``images_012``); ignored by ``imagefolder``, whose
+    tree is one stage."""
     image_size: int
     """Side of the square, single-channel training images in pixels."""
     split: tuple[float, float, float]
@@ -50,6 +54,14 @@ class DataConfig:
     path works on Colab)."""
     normal_classes: tuple[str, ...]
     """``imagefolder``: class folder names that are normal (case and separators ignored)."""
+    patient_pattern: str
+    """``imagefolder``: a regex searched in each file name; its first capture group (else the
+    whole match) is the file's patient. Empty: every file is its own patient. NIH sources
+    ignore it (their metadata names the patients)."""
+    intensity: str
+    """Per-image intensity normalisation of the model input (:mod:`imgae_dx_jax.data.intensity`):
+    ``none``, ``minmax`` (1st..99th percentile to [0, 1]) or ``p99`` (divide by the 99th
+    percentile)."""
     retries: int
     """``url``/``kaggle``: retries of each transient network failure (with backoff)."""
     timeout: float

@@ -3,10 +3,13 @@
 The class of an image is the folder right below the split folder (``train``, ``val``, ``test``)
 or, without split folders, the first folder below the tree's common root. Class names are
 mapped to normal (label 0) when they match ``normal_classes`` (case and ``-``/``_``/space
-insensitive) and to abnormal otherwise. Each file is its own patient. When the tree has
+insensitive) and to abnormal otherwise. Each file is its own patient unless a
+``patient_pattern`` maps file names to patients (:func:`patient_of`). When the tree has
 ``train/`` and ``test/`` folders (``val/`` optional), the catalog records them in
 :attr:`~imgae_dx_jax.data.nih.Catalog.folder_splits` and :func:`~imgae_dx_jax.data.split.
 split_catalog` follows them.
+
+An image folder is one stage, :data:`STAGE`: the NIH stage settings do not apply to it.
 """
 
 from __future__ import annotations
@@ -39,8 +42,38 @@ def normalise_class(name: str) -> str:
     return re.sub(r"[\s_-]+", "_", name.strip().lower())
 
 
-def build_imagefolder_catalog(store: Store, normal_classes: tuple[str, ...]) -> Catalog:
+def patient_of(key: str, pattern: re.Pattern[str] | None) -> str | None:
+    r"""The patient of the image at ``key`` by ``pattern``, searched in the file name.
+
+    The patient id is the pattern's first capture group when it has one, else the whole
+    match: ``^(person\d+|NORMAL2-IM-\d+|IM-\d+)`` maps ``IM-0115-0001.jpeg`` to ``IM-0115``.
+
+    Args:
+        key: the image's path in the store.
+        pattern: the compiled ``data.patient_pattern``; None: every file is its own patient.
+
+    Returns:
+        The patient id, ``key`` itself without a pattern, or None when the name does not match.
+    """
+    if pattern is None:
+        return key
+    match = pattern.search(key.rsplit("/", 1)[-1])
+    if match is None:
+        return None
+    return match.group(1) if pattern.groups else match.group(0)
+
+
+def build_imagefolder_catalog(
+    store: Store, normal_classes: tuple[str, ...], patient_pattern: str = ""
+) -> Catalog:
     """Catalog every image of a labelled folder tree.
+
+    Args:
+        store: the tree (a folder, or a ZIP of one).
+        normal_classes: class folder names that are normal.
+        patient_pattern: a regex mapping a file name to its patient (:func:`patient_of`);
+            empty: every file is its own patient. A file it does not match is its own patient
+            (counted and logged).
 
     Raises:
         DataError: no images in class folders, or only one class in a tree without splits.
@@ -70,6 +103,17 @@ def build_imagefolder_catalog(store: Store, normal_classes: tuple[str, ...]) -> 
         raise DataError(
             f"{store.description}: images must sit in class folders (e.g. NORMAL/, PNEUMONIA/)"
         )
+    pattern = re.compile(patient_pattern) if patient_pattern else None
+    patients = {name: patient_of(name, pattern) for name in classes}
+    unmatched = sum(p is None for p in patients.values())
+    if pattern is not None:
+        log.info(
+            "data.patient_pattern: %d images of %d patients; %d file names do not match it "
+            "(each is its own patient)",
+            len(patients),
+            len({p for p in patients.values() if p is not None}) + unmatched,
+            unmatched,
+        )
     records = tuple(
         Record(
             key=name,
@@ -77,7 +121,7 @@ def build_imagefolder_catalog(store: Store, normal_classes: tuple[str, ...]) -> 
             stage=STAGE,
             label=0 if normalise_class(c) in normal else 1,
             findings=() if normalise_class(c) in normal else (c,),
-            patient=name,
+            patient=patients[name] or name,
             age=-1,
             sex="",
             view="",

@@ -12,7 +12,8 @@
 ==============  ===============================================================================
 
 Every source yields the same :class:`~imgae_dx_jax.data.nih.Catalog`, so nothing downstream
-knows where the bytes come from.
+knows where the bytes come from. The NIH sources come in stages (``data.stages``); an image
+folder is one stage, ``all``, and ignores ``data.stages`` (:func:`source_stages`).
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from imgae_dx_jax.config import user_cache_dir
-from imgae_dx_jax.data import kaggle
+from imgae_dx_jax.data import imagefolder, kaggle
 from imgae_dx_jax.data.archive import ZipStore
 from imgae_dx_jax.data.http import open_url, public_url
-from imgae_dx_jax.data.imagefolder import build_imagefolder_catalog
 from imgae_dx_jax.data.nih import Catalog, build_catalog
 from imgae_dx_jax.data.stores import FolderStore, Store, sample_archive_path
 from imgae_dx_jax.errors import DataError
-from imgae_dx_jax.schema import DataConfig
+from imgae_dx_jax.schema import NIH_SOURCES, DataConfig
 
 
 def cache_dir_of(data: DataConfig) -> Path:
@@ -75,8 +75,19 @@ def open_store(data: DataConfig) -> Store:
     raise DataError(f"unknown data source {data.source!r}")
 
 
+def source_stages(data: DataConfig) -> tuple[str, ...]:
+    """The stages the configured data is trained in.
+
+    ``data.stages`` for the NIH sources; the single stage ``all`` for an image folder, which
+    ignores ``data.stages``.
+    """
+    return data.stages if data.source in NIH_SOURCES else (imagefolder.STAGE,)
+
+
 def load_catalog(store: Store, data: DataConfig) -> Catalog:
     """Catalog the configured stages (NIH sources) or the whole tree (``imagefolder``)."""
     if data.source == "imagefolder":
-        return build_imagefolder_catalog(store, data.normal_classes)
+        return imagefolder.build_imagefolder_catalog(
+            store, data.normal_classes, data.patient_pattern
+        )
     return build_catalog(store, data.stages)

@@ -30,7 +30,7 @@ from imgae_dx_jax.data import Store
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset, train_dataset
 from imgae_dx_jax.data.split import Splits
 from imgae_dx_jax.errors import Interrupted, NonFiniteLossError
-from imgae_dx_jax.schema import Config
+from imgae_dx_jax.schema import STAGES, Config
 from imgae_dx_jax.tracking import resource_metrics
 from imgae_dx_jax.training.step import Trainer
 
@@ -38,8 +38,12 @@ log = logging.getLogger(__name__)
 
 
 def stage_seed(config: Config, stage: str) -> int:
-    """Shuffle seed of one stage: the same whichever stages an invocation trains."""
-    return config.train.seed * 1000 + int(stage.rsplit("_", 1)[1])
+    """Shuffle seed of one stage: the same whichever stages an invocation trains.
+
+    NIH stage ``images_NNN`` adds NNN to ``1000 * train.seed``; the single stage of an image
+    folder adds 0.
+    """
+    return config.train.seed * 1000 + (int(stage.rsplit("_", 1)[1]) if stage in STAGES else 0)
 
 
 def validation_loss(

@@ -13,19 +13,14 @@ from functools import partial
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from imgae_dx_jax import distributed
+from imgae_dx_jax.data.intensity import model_input
 from imgae_dx_jax.families import anomaly_maps, create_model, get_objective
 from imgae_dx_jax.models import compute_dtype
 from imgae_dx_jax.schema import Config
-
-
-def to_unit_float(images: jax.Array) -> jax.Array:
-    """Convert uint8 images to float32 in [0, 1] (done on the device)."""
-    return images.astype(jnp.float32) / 255.0
 
 
 @dataclass
@@ -33,8 +28,10 @@ class Trainer:
     """The compiled step functions of one model family and their functional state.
 
     ``train_step(state, images, step)`` and ``eval_step(state, images, index)`` take global
-    uint8 batches (:func:`distributed.global_batch`); their random keys are derived inside
-    the steps from ``train.seed`` and the integer, so no key array crosses hosts.
+    uint8 batches (:func:`distributed.global_batch`), turned into the model's float input on
+    the device (:func:`~imgae_dx_jax.data.intensity.model_input`); their random keys are
+    derived inside the steps from ``train.seed`` and the integer, so no key array crosses
+    hosts.
     """
 
     graphdef: nnx.GraphDef[Any]
@@ -85,6 +82,7 @@ def build_trainer(config: Config, mesh: jax.sharding.Mesh) -> Trainer:
     data = distributed.batch_sharding(mesh)
     repl = distributed.replicated(mesh)
     train_key, val_key = jax.random.split(jax.random.key(config.train.seed))
+    intensity = config.data.intensity
 
     @partial(
         jax.jit,
@@ -95,19 +93,19 @@ def build_trainer(config: Config, mesh: jax.sharding.Mesh) -> Trainer:
     def train_step(state: Any, images: jax.Array, step: jax.Array) -> tuple[Any, Any]:
         model, optimizers = nnx.merge(graphdef, state)
         key = jax.random.fold_in(train_key, step)
-        metrics = objective.train_step(model, optimizers, to_unit_float(images), key)
+        metrics = objective.train_step(model, optimizers, model_input(images, intensity), key)
         return nnx.state((model, optimizers)), metrics
 
     @partial(jax.jit, in_shardings=(sharding, data, None), out_shardings=repl)
     def eval_step(state: Any, images: jax.Array, index: jax.Array) -> Any:
         model, _ = nnx.merge(graphdef, state)
         key = jax.random.fold_in(val_key, index)
-        return objective.eval_losses(model, to_unit_float(images), key)
+        return objective.eval_losses(model, model_input(images, intensity), key)
 
     @partial(jax.jit, in_shardings=(sharding, data), out_shardings=repl)
     def sample_step(state: Any, images: jax.Array) -> Any:
         model, _ = nnx.merge(graphdef, state)
-        inputs = to_unit_float(images)
+        inputs = model_input(images, intensity)
         reconstructions, maps = anomaly_maps(model, inputs, config.model)
         return inputs, reconstructions, maps
 

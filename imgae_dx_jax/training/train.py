@@ -23,6 +23,7 @@ from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.checkpoints import Checkpoints, export_model
 from imgae_dx_jax.config import ConfigError, from_dict, to_dict
 from imgae_dx_jax.data import load_splits
+from imgae_dx_jax.data.sources import source_stages
 from imgae_dx_jax.data.split import Splits
 from imgae_dx_jax.schema import Config
 from imgae_dx_jax.tracking import Tracker
@@ -44,7 +45,8 @@ class TrainResult:
 
     config: Config
     """As saved in ``run_dir/config.yaml``: ``data.stages`` lists every stage trained so far,
-    in order; evaluation uses it."""
+    in order; evaluation uses it. (An image folder, one stage, keeps ``data.stages`` as given:
+    it ignores them.)"""
     model: nnx.Module
     """The trained model (arrays on the mesh's devices)."""
 
@@ -93,10 +95,17 @@ def train(
     finished = False
     try:
         progress, restored_step = _restore(checkpoints, trainer)
+        wanted = source_stages(config.data)
+        if wanted != config.data.stages:
+            log.info(
+                "source %s is one stage, %s: data.stages (--stage) is ignored",
+                config.data.source,
+                ",".join(wanted),
+            )
         history = list(progress.completed_stages) + ([progress.stage] if progress.stage else [])
-        todo = [s for s in config.data.stages if s not in progress.completed_stages]
+        todo = [s for s in wanted if s not in progress.completed_stages]
         stages = history + [s for s in todo if s not in history]
-        run_config = _with_stages(config, stages)
+        run_config = _with_stages(config, stages) if wanted == config.data.stages else config
         if main:
             rundir.write_config(run_config, run_dir)
         store, catalog, splits = load_splits(run_config.data)
@@ -122,7 +131,7 @@ def train(
             config.train.batch_size // mesh.size,
         )
         if not todo:
-            log.info("stages %s are already trained in %s", ",".join(config.data.stages), run_dir)
+            log.info("stages %s are already trained in %s", ",".join(wanted), run_dir)
         loop = TrainingLoop(
             config, run_config, run_dir, mesh, trainer, checkpoints, store, splits, progress
         )

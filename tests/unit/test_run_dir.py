@@ -10,7 +10,7 @@ import yaml
 from imgae_dx_jax import __version__
 from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.config import load_config
-from imgae_dx_jax.errors import RunError
+from imgae_dx_jax.errors import RunDirError, RunError
 
 
 def older_release(path) -> None:
@@ -56,3 +56,25 @@ def test_calibration_round_trip_and_errors(tmp_path):
     path.write_text(json.dumps({"threshold": 0.25}))
     with pytest.raises(RunError, match="older version"):
         rundir.load_calibration(tmp_path)
+
+
+def test_a_run_from_before_intensity_normalisation_keeps_none(tmp_path, caplog):
+    config = load_config(overrides=["model.name=ae"])
+    assert config.data.intensity == "minmax"
+    rundir.write_config(config, tmp_path)
+    tree = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del tree["data"]["intensity"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    with caplog.at_level("INFO", logger="imgae_dx_jax"):
+        old = rundir.read_config(tmp_path / "config.yaml")
+    assert old.data.intensity == "none" and "data.intensity=none" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "change", ["data.intensity=p99", r"data.patient_pattern=^(IM-\d+)", "data.intensity=none"]
+)
+def test_resume_refuses_a_changed_input_or_patient_grouping(change):
+    saved = load_config(overrides=["data.source=imagefolder", "data.path=x"])
+    new = load_config(overrides=["data.source=imagefolder", "data.path=x", change])
+    with pytest.raises(RunDirError, match=change.split("=")[0]):
+        rundir.check_compatible(saved, new)

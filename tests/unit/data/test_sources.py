@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -12,9 +13,10 @@ from imgae_dx_jax.cli import overrides_from_args, train_parser
 from imgae_dx_jax.config import ConfigError, load_config
 from imgae_dx_jax.data import DataError, load_splits
 from imgae_dx_jax.data.archive import ZipStore
-from imgae_dx_jax.data.imagefolder import build_imagefolder_catalog
+from imgae_dx_jax.data.imagefolder import build_imagefolder_catalog, patient_of
 from imgae_dx_jax.data.nih import build_catalog, parse_data_entry
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog
+from imgae_dx_jax.data.sources import source_stages
 from imgae_dx_jax.data.split import split_catalog
 from imgae_dx_jax.data.stores import FolderStore, sample_archive_path
 
@@ -186,3 +188,86 @@ def test_bad_archives_and_configs_are_clear(tmp_path):
     overrides = overrides_from_args(args)
     assert "data.cache_dir=/drive/cache" in overrides
     assert load_config(overrides=overrides).data.cache_dir == "/drive/cache"
+
+
+PEDIATRIC = r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)"
+
+
+@pytest.mark.parametrize(
+    ("name", "patient"),
+    [
+        ("NORMAL/IM-0115-0001.jpeg", "IM-0115"),
+        ("top/NORMAL/NORMAL2-IM-0381-0001.jpeg", "NORMAL2-IM-0381"),
+        ("PNEUMONIA/person1000_bacteria_2931.jpeg", "person1000"),
+        ("PNEUMONIA/other.jpeg", None),
+    ],
+)
+def test_pediatric_pattern_maps_file_names_to_patients(name, patient):
+    assert patient_of(name, re.compile(PEDIATRIC)) == patient
+    assert patient_of(name, None) == name  # no pattern: each file its own patient
+
+
+def test_pattern_without_group_uses_the_whole_match():
+    assert patient_of("a/pat17-scan3.png", re.compile(r"pat\d+")) == "pat17"
+
+
+def test_patient_pattern_groups_the_split_and_counts_strays(tmp_path, subset, caplog):
+    png = next(v for k, v in subset.items() if k.endswith(".png"))
+    root = tmp_path / "kids" / "top"  # class folders nested under one top folder
+    for patient in range(12):
+        for image in range(3):
+            label = "NORMAL" if patient % 3 else "PNEUMONIA"
+            path = root / label / f"IM-{patient:04d}-{image:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(png)
+    (root / "NORMAL" / "stray.png").write_bytes(png)
+    config = load_config(
+        overrides=[
+            "data.source=imagefolder",
+            f"data.path={tmp_path / 'kids'}",
+            f"data.patient_pattern={PEDIATRIC}",
+            "data.cache=false",
+        ]
+    )
+    with caplog.at_level("INFO", logger="imgae_dx_jax"):
+        _, catalog, splits = load_splits(config.data)
+    assert "37 images of 13 patients; 1 file names do not match" in caplog.text
+    assert {r.patient for r in catalog.records} == {f"IM-{p:04d}" for p in range(12)} | {
+        "top/NORMAL/stray.png"
+    }
+    # Every file of a patient (read from its name, not from the catalog) is in one split.
+    pattern = re.compile(PEDIATRIC)
+    where: dict[str | None, set[str]] = {}
+    for name in ("train", "val", "test"):
+        for record in splits[name]:
+            where.setdefault(patient_of(record.key, pattern), set()).add(name)
+    assert len(where) > 6 and all(len(names) == 1 for names in where.values()), where
+
+
+def test_image_folder_is_one_stage_and_ignores_nih_stages():
+    nih = load_config(overrides=["data.stages=[images_002,images_003]"])
+    assert source_stages(nih.data) == ("images_002", "images_003")
+    folder = load_config(
+        overrides=["data.source=imagefolder", "data.path=x", "data.stages=[images_002]"]
+    )
+    assert source_stages(folder.data) == ("all",)
+
+
+def test_bad_patient_pattern_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"data\.patient_pattern: not a valid regular expression"):
+        load_config(overrides=["data.source=imagefolder", "data.path=x", "data.patient_pattern=(a"])
+    with pytest.raises(ConfigError, match=r"data\.intensity: unknown mode 'zscore'"):
+        load_config(overrides=["data.intensity=zscore"])
+
+
+def test_packaged_pediatric_config_reads_the_development_set():
+    config = load_config("pediatric")
+    assert config.data.source == "imagefolder" and config.data.patient_pattern == PEDIATRIC
+    path = Path(__file__).parents[3] / config.data.path
+    assert path.is_file(), path
+    catalog = build_imagefolder_catalog(
+        ZipStore(path), config.data.normal_classes, config.data.patient_pattern
+    )
+    assert len(catalog.records) == 2341
+    assert sum(r.label == 0 for r in catalog.records) == 1341
+    assert len({r.patient for r in catalog.records}) == 1953
