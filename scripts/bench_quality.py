@@ -1,0 +1,247 @@
+"""Detection-quality benchmark (``hatch run bench-quality``): held-out AUROC of every model.
+
+    hatch run bench-quality [--datasets nih pediatric] [--variants unet ra ae ae-latent4 ...]
+                            [--size 64] [--epochs N] [--max-steps N] [--out bench/quality.json]
+                            [--readme README.md]
+
+For each data set and variant (a model family at its defaults, or one named option of it), in
+a fresh process each: train on the normal images of the training patients, then evaluate. The
+evaluation chooses everything -- the image-score aggregation (``eval.score``), the operating
+threshold (``eval.threshold``) -- on the validation patients only; the final model is the one
+evaluated (no checkpoint is picked by looking at labels). The held-out test patients give the
+reported figures: AUROC and AUPRC with patient-bootstrap 95% CIs, the patient-weighted AUROC
+(each image weighted by 1 / its patient's image count), sensitivity and specificity at the
+validation-chosen threshold, train and evaluation wall time, epochs and steps.
+
+Data sets:
+
+- ``nih``: the bundled 1000-image NIH ChestX-ray14 sample (stage ``images_001``; labels from
+  ``Data_Entry_2017.csv``, split by ``Patient ID``).
+- ``pediatric``: ``benchmarks/data/pediatric-pneumonia-dev.zip`` (1341 normal, 1000 pneumonia
+  pediatric chest X-rays from the training part of Kermany et al.'s set), read as an image
+  folder with the packaged ``pediatric`` config (patients from the file names).
+
+Results are merged into ``--out`` (keyed by data set, variant and image size, so variants can
+be run one at a time) and, with ``--readme``, written as the table between the
+``<!-- quality-table -->`` markers of the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PEDIATRIC = ROOT / "benchmarks" / "data" / "pediatric-pneumonia-dev.zip"
+
+DATASETS: dict[str, list[str]] = {
+    "nih": ["--source", "sample", "--stage", "images_001"],
+    "pediatric": ["--config", "pediatric", "--data", str(PEDIATRIC)],
+}
+"""Training-command arguments of each data set."""
+
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "unet": ("unet", []),
+    "ra": ("ra", []),
+    "ae": ("ae", []),
+    "unet-no-intensity": ("unet", ["data.intensity=none"]),
+    "ae-no-intensity": ("ae", ["data.intensity=none"]),
+    "ae-latent4": ("ae", ["model.ae.latent_dim=4"]),
+}
+"""Variant name -> (model family, ``--set`` overrides over the defaults)."""
+
+DEFAULT_VARIANTS = ("unet", "ra", "ae")
+TABLE_START, TABLE_END = "<!-- quality-table -->", "<!-- /quality-table -->"
+
+
+def run_variant(
+    dataset: str,
+    variant: str,
+    size: int,
+    epochs: int | None,
+    max_steps: int | None,
+    workdir: Path,
+) -> dict[str, Any]:
+    """Train and evaluate one variant in a fresh process; return its figures."""
+    family, overrides = VARIANTS[variant]
+    run_dir = workdir / f"{dataset}-{variant}-{size}"
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        str(run_dir),
+        "--",
+        *DATASETS[dataset],
+        "--model",
+        family,
+        "--image-size",
+        str(size),
+        "--set",
+        "tracking.wandb=disabled",
+        "--set",
+        f"data.cache_dir={workdir / 'cache'}",
+    ]
+    for item in overrides:
+        command += ["--set", item]
+    if epochs is not None:
+        command += ["--epochs", str(epochs)]
+    if max_steps is not None:
+        command += ["--set", f"train.max_steps={max_steps}"]
+    print(f"== {dataset} / {variant} / {size} px", flush=True)
+    result = subprocess.run(command, check=False, stdout=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{dataset}/{variant} failed with exit code {result.returncode}")
+    worker = json.loads(result.stdout.strip().splitlines()[-1])
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = max((r.get("step", 0) for r in log), default=0)
+    return {
+        "dataset": dataset,
+        "variant": variant,
+        "model": family,
+        "overrides": overrides,
+        "image_size": size,
+        **summarise(metrics),
+        "epochs": worker["epochs"],
+        "steps": steps,
+        "train_s": round(worker["train_s"], 1),
+        "eval_s": round(worker["eval_s"], 1),
+    }
+
+
+def summarise(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark's figures out of an evaluation's ``metrics.json``."""
+    keys = (
+        "auroc",
+        "auroc_ci",
+        "auprc",
+        "auprc_ci",
+        "auroc_patient_weighted",
+        "sensitivity",
+        "specificity",
+        "threshold_source",
+        "score",
+        "n_normal",
+        "n_abnormal",
+        "split_counts",
+    )
+    return {key: metrics[key] for key in keys if key in metrics}
+
+
+def worker(run_dir: Path, train_args: list[str]) -> None:
+    """In this process: train (timed), then evaluate (timed); print one JSON line."""
+    from imgae_dx_jax import logs
+    from imgae_dx_jax.cli import overrides_from_args, train_parser
+    from imgae_dx_jax.config import load_config
+    from imgae_dx_jax.evaluation import evaluate_run
+    from imgae_dx_jax.training import train
+
+    args = train_parser().parse_args(train_args)
+    config = load_config(args.config, overrides_from_args(args))
+    logs.setup_logging(False)
+    start = time.perf_counter()
+    train(config, run_dir, resume="never", overwrite=True)
+    trained = time.perf_counter()
+    evaluate_run(run_dir)
+    done = time.perf_counter()
+    line = {"train_s": trained - start, "eval_s": done - trained, "epochs": config.train.epochs}
+    print(json.dumps(line), flush=True)
+
+
+def merge(out: Path, rows: list[dict[str, Any]], machine: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``rows`` into the JSON file ``out`` (same data set, variant and size replaced)."""
+    data: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {"results": []}
+    key = ("dataset", "variant", "image_size")
+    fresh = {tuple(r[k] for k in key) for r in rows}
+    kept = [r for r in data["results"] if tuple(r[k] for k in key) not in fresh]
+    data["results"] = sorted(kept + rows, key=lambda r: tuple(str(r[k]) for k in key))
+    data["machine"] = machine
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    return data
+
+
+def table(data: dict[str, Any]) -> str:
+    """The README table (Markdown) of every result in ``data``."""
+    lines = [
+        "| data set | variant | px | AUROC (95% CI) | patient-weighted AUROC | AUPRC (95% CI) "
+        "| score | sens / spec | epochs (steps) | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["results"]:
+        ci, pci = r.get("auroc_ci", [0, 0]), r.get("auprc_ci", [0, 0])
+        weighted = r.get("auroc_patient_weighted")
+        lines.append(
+            f"| {r['dataset']} | {r['variant']} | {r['image_size']} "
+            f"| {r['auroc']:.3f} ({ci[0]:.3f}-{ci[1]:.3f}) "
+            f"| {'-' if weighted is None else f'{weighted:.3f}'} "
+            f"| {r['auprc']:.3f} ({pci[0]:.3f}-{pci[1]:.3f}) "
+            f"| {r.get('score', 'mean')} "
+            f"| {r.get('sensitivity', 0):.2f} / {r.get('specificity', 0):.2f} "
+            f"| {r['epochs']} ({r['steps']}) | {r['train_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_readme(readme: Path, data: dict[str, Any]) -> None:
+    """Replace the text between the quality-table markers of ``readme``."""
+    text = readme.read_text()
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    load = data["machine"]["load_before"], data["machine"]["load_after"]
+    note = (
+        f"\n\nMachine: {data['machine']['cpus']} CPUs, {data['machine']['platform']}; load "
+        f"average {load[0]:.1f} before, {load[1]:.1f} after the last run.\n\n"
+    )
+    readme.write_text(text[:start] + note + table(data) + "\n" + text[end:])
+
+
+def main() -> None:
+    """Parse the command line and run the benchmark (or, with ``--worker``, one variant)."""
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        worker(Path(sys.argv[2]), sys.argv[4:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=DEFAULT_VARIANTS)
+    parser.add_argument("--size", type=int, default=64, help="image size (128 on accelerators)")
+    parser.add_argument("--epochs", type=int, help="override every variant's epochs")
+    parser.add_argument("--max-steps", type=int, help="override train.max_steps")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "quality.json")
+    parser.add_argument("--readme", type=Path, help="update this README's quality table")
+    parser.add_argument("--keep", type=Path, help="keep the run directories here")
+    args = parser.parse_args()
+    if "pediatric" in args.datasets and not PEDIATRIC.is_file():
+        raise SystemExit(f"{PEDIATRIC} is missing: the pediatric set ships with a git checkout")
+    load_before = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.keep or Path(tmp)
+        for dataset in args.datasets:
+            for variant in args.variants:
+                row = run_variant(dataset, variant, args.size, args.epochs, args.max_steps, workdir)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    machine = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    data = merge(args.out, rows, machine)
+    print(table(data))
+    if args.readme:
+        write_readme(args.readme, data)
+
+
+if __name__ == "__main__":
+    main()
