@@ -141,7 +141,7 @@ def enable_compilation_cache(
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    compilation_cache.reset_cache()  # forget a "no cache" decision taken at an earlier compile
+    compilation_cache.reset_cache()  # else JAX keeps the cache opened on the previous directory
     log.info("JAX compilation cache: %s", path)
 
 

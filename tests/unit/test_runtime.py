@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import replace
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -98,16 +97,28 @@ import jax.numpy as jnp
 
 from imgae_dx_jax.runtime import enable_compilation_cache
 
-jax.jit(lambda x: x + 1)(jnp.ones(3)).block_until_ready()  # compiled before the cache is set
+jax.jit(lambda x: x + 1)(jnp.ones(3)).block_until_ready()  # compiled before a cache is set
 enable_compilation_cache(Path(sys.argv[1]), min_compile_seconds=0.0)
 jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(4)).block_until_ready()
+enable_compilation_cache(Path(sys.argv[2]), min_compile_seconds=0.0)  # another directory
+jax.jit(lambda x: jnp.cos(x) * 3)(jnp.ones(5)).block_until_ready()
 """
 
 
 def test_compiled_functions_land_in_the_cache_directory(tmp_path):
-    cache = tmp_path / "cache"
+    first, second = tmp_path / "first", tmp_path / "second"
     script = textwrap.dedent(COMPILE)
-    env_run = [sys.executable, "-c", script, str(cache)]
-    subprocess.run(env_run, check=True, timeout=120, env={"JAX_PLATFORMS": "cpu", "PATH": ""})
-    entries = [p for p in Path(cache).rglob("*") if p.is_file()]
-    assert entries, "nothing was written to the compilation cache"
+    subprocess.run(
+        [sys.executable, "-c", script, str(first), str(second)],
+        check=True,
+        timeout=120,
+        env={"JAX_PLATFORMS": "cpu", "PATH": ""},
+    )
+
+    def lambdas(directory):
+        return [p.name for p in directory.iterdir() if p.name.startswith("jit__lambda")]
+
+    # The function compiled before a cache was set is not cached; the next one is, and after
+    # the switch the third one goes to the second directory.
+    assert len(lambdas(first)) == 1, lambdas(first)
+    assert len(lambdas(second)) == 1, lambdas(second)
