@@ -27,6 +27,7 @@ from imgae_dx_jax.evaluation import (
 )
 from imgae_dx_jax.logs import setup_logging
 from imgae_dx_jax.results import Comparison
+from imgae_dx_jax.runtime import setup_compilation_cache
 from imgae_dx_jax.schema import Config
 from imgae_dx_jax.tracking import Tracker
 from imgae_dx_jax.training import train
@@ -110,6 +111,7 @@ def compare_runs(
     check_request(run_dirs, n_bootstrap)
     configs = {str(run): rundir.load_export_config(Path(run)) for run in run_dirs}
     first = configs[str(run_dirs[0])]
+    setup_compilation_cache(first)
     tracker = Tracker.from_config(first.tracking, job_type="evaluate", mode=wandb)
     with tracker:
         tracker.start(

@@ -64,8 +64,9 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="training compute dtype: float32 (default) or bf16 for GPU/TPU "
-        "(bfloat16 compute, float32 parameters and optimiser state)",
+        help="training compute dtype: auto (default: bf16 where the devices have fast "
+        "bfloat16, float32 elsewhere), float32, or bf16 (bfloat16 compute, float32 parameters "
+        "and optimiser state)",
     )
     parser.add_argument(
         "--run-dir", type=Path, help="run directory (default: runs/<model>; rerunning continues it)"

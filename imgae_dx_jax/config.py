@@ -225,6 +225,11 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
             "train.precision",
             f"unknown precision {t.precision!r}; choose one of {', '.join(PRECISIONS)}",
         )
+    if t.compilation_cache not in ("", "none") and Path(t.compilation_cache).expanduser().is_file():
+        fail(
+            "train.compilation_cache",
+            f'{t.compilation_cache!r} is a file; give a directory, "" (the default) or none',
+        )
     if config.tracking.wandb not in WANDB_MODES:
         fail(
             "tracking.wandb",

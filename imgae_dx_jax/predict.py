@@ -34,6 +34,7 @@ from imgae_dx_jax.inference import Scorer
 from imgae_dx_jax.report.overlay import overlay_rgb
 from imgae_dx_jax.results import Prediction
 from imgae_dx_jax.run_dir import Calibration
+from imgae_dx_jax.runtime import setup_compilation_cache
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ def predict(inputs: Sequence[Path], run_dir: Path, out_dir: Path) -> list[Predic
     """
     files = find_images(inputs)
     config = rundir.load_export_config(run_dir)
+    setup_compilation_cache(config)
     calibration = rundir.load_calibration(run_dir)
     scorer = Scorer(restore_model(run_dir, config), config)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -16,10 +16,10 @@ UNET_MODES = ("denoising", "reconstruction")
 STAGES = tuple(f"images_{i:03d}" for i in range(1, 13))
 WANDB_MODES = ("online", "offline", "disabled")
 FAST_PATHS = ("auto", "always", "never")
-PRECISIONS = ("float32", "bf16")
 INTENSITIES = ("none", "minmax", "p99")
 NIH_SOURCES = ("sample", "archive", "folder", "url", "kaggle")
 """Sources of the NIH layout, which come in stages (``data.stages``); the others are one stage."""
+PRECISIONS = ("auto", "float32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -172,10 +172,15 @@ class TrainConfig:
     shard_params: bool
     """Shard parameters and optimiser state over the devices (FSDP style) instead of
     replicating them: for models too large to hold on every device."""
-    precision: str = "float32"
-    """Computation dtype of the convolutions and linear layers while training: ``float32``, or
-    ``bf16`` (bfloat16, for GPU/TPU) with float32 parameters, optimiser state, losses and
-    outputs."""
+    precision: str = "auto"
+    """Computation dtype of the convolutions and linear layers while training: ``float32``,
+    ``bf16`` (bfloat16) with float32 parameters, optimiser state, losses and outputs, or
+    ``auto``: ``bf16`` where the devices have fast bfloat16 (TPU, A100, L4, H100, ...),
+    ``float32`` elsewhere (CPU, T4, V100); see :mod:`imgae_dx_jax.runtime`."""
+    compilation_cache: str = ""
+    """Directory of JAX's persistent compilation cache, so that a restart loads the compiled
+    steps instead of compiling them again: ``""`` for ``jax_compilation_cache`` in the data
+    cache directory, ``none`` to disable it."""
 
 
 @dataclass(frozen=True)

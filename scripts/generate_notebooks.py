@@ -78,16 +78,21 @@ def serialize(nb: NotebookNode) -> str:
 # ---------------------------------------------------------------------------------------------
 # Cells shared by the notebooks
 
-PACKAGE_NOTE = """
-`PACKAGE` is the pip requirement installed when `imgae_dx_jax` is missing: the package name
-once it is published, or a git URL of this repository
-(`git+https://github.com/<owner>/<repo>`), or the path of an uploaded wheel built with
-`hatch build`.
+
+def package_note(where: str) -> str:
+    """The parameters cell's note on ``PACKAGE``; ``where`` says where wheels are looked for."""
+    return f"""
+`PACKAGE` empty (the default): the install cell installs the newest `imgae_dx_jax-*.whl`
+{where}. Build the wheel with `hatch run dist` in a checkout (`dist/imgae_dx_jax-*.whl`, also
+inside `dist/imgae-dx-jax-colab.zip` with these notebooks). Or set `PACKAGE` to what pip should
+install: a git URL of the repository (pip's `git+https://...` form), the path of a source
+checkout, or the path of a wheel. Nothing is installed by name from the package index.
 """
 
-INSTALL = '''
-# Install the package (and the JAX plugin of the accelerator) unless it is already installed,
-# e.g. in a checkout of the repository or after a first run of this cell.
+
+ENVIRONMENT = """
+# Where this notebook runs.
+import glob
 import importlib
 import importlib.util
 import os
@@ -98,6 +103,19 @@ from pathlib import Path
 
 IN_COLAB = "google.colab" in sys.modules
 IN_KAGGLE = "KAGGLE_KERNEL_RUN_TYPE" in os.environ
+"""
+
+INSTALL = '''
+# Install the package (and the JAX plugin of the accelerator) unless it is already installed,
+# e.g. in a checkout of the repository or after a first run of this cell: from PACKAGE when it
+# is set, else from the newest imgae_dx_jax wheel matching WHEELS.
+
+
+class InstallError(Exception):
+    """Stops the notebook with one message instead of a traceback."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"InstallError: {self}"]
 
 
 def machine_accelerator() -> str:
@@ -110,9 +128,32 @@ def machine_accelerator() -> str:
     return "cpu"
 
 
+def newest_wheel(patterns: list[str]) -> Path | None:
+    """The most recently modified imgae_dx_jax wheel matching the glob patterns, if any."""
+    wheels = [Path(p) for pattern in patterns for p in glob.glob(pattern)]
+    wheels = [w for w in wheels if w.name.startswith("imgae_dx_jax-") and w.is_file()]
+    return max(wheels, key=lambda w: (w.stat().st_mtime, w.name), default=None)
+
+
+def package_requirement(package: str, patterns: list[str]) -> str:
+    """What pip installs: PACKAGE if set, else the newest wheel; InstallError without either."""
+    if package:
+        return package
+    wheel = newest_wheel(patterns)
+    if wheel is None:
+        raise InstallError(
+            "imgae_dx_jax is not installed and no wheel was found in "
+            + " or ".join(patterns)
+            + ". Put the wheel built with `hatch run dist` (imgae_dx_jax-*.whl) there, "
+            "or set PACKAGE in the parameters cell to a git URL of the repository, "
+            "a source checkout or a wheel path, then run this cell again."
+        )
+    return str(wheel)
+
+
 if importlib.util.find_spec("imgae_dx_jax") is None:
     jax_plugin = {"gpu": ["jax[cuda12]>=0.7"], "tpu": ["jax[tpu]>=0.7"], "cpu": []}
-    requirements = [PACKAGE, *jax_plugin[machine_accelerator()]]
+    requirements = [package_requirement(PACKAGE, WHEELS), *jax_plugin[machine_accelerator()]]
     print("pip install", *requirements)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *requirements], check=True)
     importlib.invalidate_caches()
@@ -121,6 +162,13 @@ import imgae_dx_jax
 
 print("imgae_dx_jax", imgae_dx_jax.__version__)
 '''
+
+
+def install_cell(wheels: str, environment: bool = True) -> str:
+    """The install cell: ``wheels`` assigns the glob patterns ``WHEELS``; ``environment``
+    puts the :data:`ENVIRONMENT` lines first (when no earlier cell has them)."""
+    head = _text(ENVIRONMENT) + "\n\n" if environment else ""
+    return head + _text(wheels) + "\n\n" + _text(INSTALL)
 
 
 def runtime_check(expected: str, on_cpu: str) -> str:
@@ -269,7 +317,10 @@ def quickstart() -> list[NotebookNode]:
             `SETTINGS` takes any config override in the `--set key=value` form of the CLI, e.g.
             `"model.unet.mode=reconstruction"` or `"model.ra.widths=[16,32,64,64,64]"`.
             """,
-            PACKAGE_NOTE,
+            package_note(
+                "in the working directory or its `wheels/` folder (upload it there on Colab), or "
+                "under `/kaggle/input` on Kaggle"
+            ),
         ),
         code(
             """
@@ -284,12 +335,18 @@ def quickstart() -> list[NotebookNode]:
             RESUME = False                 # True: continue the runs in RUN_ROOT; False: afresh
             BOOTSTRAP = 1000               # patient-level bootstrap resamples for the 95% CIs
             WANDB = "disabled"             # Weights & Biases: disabled | offline | online
-            PACKAGE = "imgae-dx-jax"       # pip requirement, used only when the package is missing
+            PACKAGE = ""                   # what pip installs; "" = the newest wheel found
             """,
             PARAMETERS_TAG,
         ),
         md("## Install and check the runtime"),
-        code(INSTALL),
+        code(
+            install_cell(
+                """
+                WHEELS = ["*.whl", "wheels/*.whl", "/kaggle/input/*/*.whl"]
+                """
+            )
+        ),
         code(
             runtime_check(
                 "any (CPU, GPU or TPU)",
@@ -408,7 +465,7 @@ def nih_progressive_colab() -> list[NotebookNode]:
             widths of an existing run: resuming refuses different shapes (use another
             `RUN_NAME`).
             """,
-            PACKAGE_NOTE,
+            package_note("in `DRIVE_ROOT/wheels/` on your Google Drive (it survives disconnects)"),
         ),
         code(
             """
@@ -427,22 +484,24 @@ def nih_progressive_colab() -> list[NotebookNode]:
             BOOTSTRAP = 1000               # bootstrap resamples for the 95% CIs
             WANDB = "disabled"             # Weights & Biases: disabled | offline | online
             ALLOW_CPU = False              # True: run on a CPU runtime anyway (slow)
-            PACKAGE = "imgae-dx-jax"       # pip requirement, used when the package is missing
+            PACKAGE = ""                   # what pip installs; "" = newest DRIVE_ROOT/wheels/*.whl
             """,
             PARAMETERS_TAG,
         ),
-        md("## Install"),
-        code(INSTALL),
         md(
             """
             ## Google Drive
 
-            Run directories and stage caches go to `DRIVE_ROOT` on your Drive so that they
-            survive a disconnect. Outside Colab, `DRIVE_ROOT` is used as a local directory.
+            Run directories, stage caches, the compilation cache and the package's wheel
+            (`DRIVE_ROOT/wheels/`) live in `DRIVE_ROOT` on your Drive so that they survive a
+            disconnect. Outside Colab, `DRIVE_ROOT` is used as a local directory.
             """
         ),
         code(
-            """
+            _text(ENVIRONMENT)
+            + "\n\n"
+            + _text(
+                """
             if IN_COLAB:
                 from google.colab import drive
 
@@ -453,6 +512,16 @@ def nih_progressive_colab() -> list[NotebookNode]:
             CACHE_DIR = ROOT / "cache"
             print("runs:", RUN_ROOT, " stage cache:", CACHE_DIR)
             """
+            )
+        ),
+        md("## Install"),
+        code(
+            install_cell(
+                """
+                WHEELS = [str(ROOT / "wheels" / "*.whl")]
+                """,
+                environment=False,
+            )
         ),
         md(
             """
@@ -635,7 +704,9 @@ def nih_kaggle_notebook() -> list[NotebookNode]:
             cache directory. `DATA_DIR = ""` finds the folder holding `Data_Entry_2017.csv`
             under `/kaggle/input`. `SETTINGS` takes any `--set key=value` override.
             """,
-            PACKAGE_NOTE,
+            package_note(
+                "under `/kaggle/input` (upload it as a dataset and add it with Add Input)"
+            ),
         ),
         code(
             """
@@ -655,12 +726,18 @@ def nih_kaggle_notebook() -> list[NotebookNode]:
             BOOTSTRAP = 1000               # bootstrap resamples for the 95% CIs
             WANDB = "disabled"             # Weights & Biases: disabled | offline | online
             ALLOW_CPU = False              # True: run on a CPU session anyway (slow)
-            PACKAGE = "imgae-dx-jax"       # pip requirement, used when the package is missing
+            PACKAGE = ""                   # what pip installs; "" = newest wheel in /kaggle/input
             """,
             PARAMETERS_TAG,
         ),
         md("## Install"),
-        code(INSTALL),
+        code(
+            install_cell(
+                """
+                WHEELS = ["/kaggle/input/*/*.whl"]
+                """
+            )
+        ),
         md("## Find the data"),
         code(
             """

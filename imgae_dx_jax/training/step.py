@@ -20,6 +20,7 @@ from imgae_dx_jax import distributed
 from imgae_dx_jax.data.intensity import model_input
 from imgae_dx_jax.families import anomaly_maps, create_model, get_objective
 from imgae_dx_jax.models import compute_dtype
+from imgae_dx_jax.runtime import training_precision
 from imgae_dx_jax.schema import Config
 
 
@@ -65,13 +66,14 @@ def build_trainer(config: Config, mesh: jax.sharding.Mesh) -> Trainer:
 
     The steps are pure functions of (state, batch, step): the state is donated and replicated
     (or FSDP-sharded with ``train.shard_params``), the batch is sharded along ``data``.
-    With ``train.precision: bf16`` the model computes in bfloat16 (it casts its input batch on
-    entry) while parameters, optimiser state, outputs and losses stay float32.
+    With ``train.precision: bf16`` (or ``auto`` on devices with fast bfloat16) the model
+    computes in bfloat16 (it casts its input batch on entry) while parameters, optimiser
+    state, outputs and losses stay float32.
     """
     model = create_model(
         config.model,
         config.data.image_size,
-        dtype=compute_dtype(config.train.precision),
+        dtype=compute_dtype(training_precision(config.train.precision, list(mesh.devices.flat))),
         rngs=nnx.Rngs(config.train.seed),
     )
     objective = get_objective(config.model)

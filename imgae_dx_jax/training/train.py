@@ -25,6 +25,7 @@ from imgae_dx_jax.config import ConfigError, from_dict, to_dict
 from imgae_dx_jax.data import load_splits
 from imgae_dx_jax.data.sources import source_stages
 from imgae_dx_jax.data.split import Splits
+from imgae_dx_jax.runtime import setup_compilation_cache
 from imgae_dx_jax.schema import Config
 from imgae_dx_jax.tracking import Tracker
 from imgae_dx_jax.training.loop import Progress, TrainingLoop
@@ -76,6 +77,7 @@ def train(
     if resume not in rundir.RESUME_MODES:
         modes = " or ".join(rundir.RESUME_MODES)
         raise ConfigError(f"--resume: {resume!r}; choose {modes}")
+    setup_compilation_cache(config)
     saved_config = rundir.prepare(run_dir, resume, overwrite)
     if saved_config is not None:
         rundir.check_compatible(saved_config, config)

@@ -157,6 +157,49 @@ def test_kaggle_json_from_drive_is_saved_owner_only(generated, tmp_path, monkeyp
         exec(cell.source, namespace | {"SOURCE": "kaggle"})
 
 
+def _cell_index(nb, text: str) -> int:
+    return next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and text in c.source)
+
+
+def test_package_is_empty_and_drive_is_mounted_before_the_install(generated):
+    for name, nb in generated.items():
+        (parameters,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        values = {}
+        exec(parameters.source, {}, values)
+        assert values["PACKAGE"] == "", name  # nothing is installed by name from the index
+        assert "def package_requirement" in nb.cells[_cell_index(nb, "WHEELS = ")].source, name
+    colab = generated["nih_progressive_colab.ipynb"]
+    install = _cell_index(colab, "def package_requirement")
+    assert _cell_index(colab, 'drive.mount("/content/drive")') < install
+    assert 'ROOT / "wheels"' in colab.cells[install].source
+
+
+def test_install_cell_picks_package_then_newest_wheel_else_one_message(generated, tmp_path):
+    nb = generated["nih_kaggle_notebook.ipynb"]
+    namespace = {"PACKAGE": ""}
+    # The package is installed here, so the cell only defines its helpers and prints the version.
+    exec(nb.cells[_cell_index(nb, "def package_requirement")].source, namespace)
+    requirement = namespace["package_requirement"]
+    patterns = [str(tmp_path / "a" / "*.whl"), str(tmp_path / "b" / "*.whl")]
+    with pytest.raises(namespace["InstallError"]) as error:
+        requirement("", patterns)
+    assert error.value._render_traceback_() == [f"InstallError: {error.value}"]
+    assert "PACKAGE" in str(error.value) and "hatch run dist" in str(error.value)
+    assert requirement("git+https://example.org/x.git", patterns) == "git+https://example.org/x.git"
+    old, new = (
+        tmp_path / "a" / "imgae_dx_jax-0.1.0-py3-none-any.whl",
+        tmp_path / "b" / ("imgae_dx_jax-0.2.0-py3-none-any.whl"),
+    )
+    for path, mtime in ((old, 1_000_000), (new, 2_000_000)):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"")
+        os.utime(path, (mtime, mtime))
+    (tmp_path / "b" / "other_package-9.0-py3-none-any.whl").write_bytes(b"")
+    assert requirement("", patterns) == str(new)
+    os.utime(old, (3_000_000, 3_000_000))
+    assert requirement("", patterns) == str(old)
+
+
 @pytest.mark.parametrize("name", ["colab_gpu", "colab_tpu", "nih_kaggle"])
 @pytest.mark.parametrize("model", ["unet", "ra", "ae"])
 def test_ready_configs_load(name, model):

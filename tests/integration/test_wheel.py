@@ -124,6 +124,7 @@ def test_wheel_contents(installed: Installed) -> None:
     assert len(names) == len(set(names)), "duplicate entries in the wheel"
     assert "imgae_dx_jax/assets/nih-chest-xrays-sample.zip" in names
     assert "imgae_dx_jax/configs/default.yaml" in names
+    assert "imgae_dx_jax/py.typed" in names  # PEP 561: type checkers use the inline hints
     packaged_configs = sorted(p.name for p in (ROOT / "imgae_dx_jax" / "configs").rglob("*.yaml"))
     wheel_configs = sorted(
         Path(n).name for n in names if n.startswith("imgae_dx_jax/configs/") and n.endswith(".yaml")
