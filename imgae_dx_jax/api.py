@@ -158,18 +158,24 @@ def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
         f"{metrics['n_abnormal']} abnormal images of unseen patients):"
     )
     print(
-        f"  AUROC {metrics['auroc']:.3f}   AUPRC {metrics['auprc']:.3f}   "
+        f"  AUROC {metrics['auroc']:.3f}   patient-weighted AUROC "
+        f"{metrics['auroc_patient_weighted']:.3f}   AUPRC {metrics['auprc']:.3f}   "
         f"FPR@95%TPR {metrics['fpr_at_95_tpr']:.3f}"
     )
     print(
-        f"  at the validation-chosen threshold {metrics['threshold']:.4g}: "
-        f"sensitivity {metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}, "
+        f"  image score {metrics['score']} (eval.score {metrics['score_setting']}, "
+        f"validation AUROC {metrics['score_val_auroc'][metrics['score']]:.3f})"
+    )
+    print(
+        f"  threshold {metrics['threshold']:.4g} ({metrics['threshold_source']}; validation "
+        f"specificity {metrics['val_specificity']:.3f}): test sensitivity "
+        f"{metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}, "
         f"F1 {metrics['f1']:.3f}"
     )
 
 
 def print_comparison(comparison: Comparison) -> None:
-    """Print the per-model table and the DeLong tests of an evaluation."""
+    """Print the per-model table and the paired bootstraps of an evaluation."""
     print(
         f"\nHeld-out test on {comparison.data} "
         f"(95% CIs: {comparison.bootstrap['n_resamples']} patient-level bootstrap resamples):"
@@ -181,8 +187,13 @@ def print_comparison(comparison: Comparison) -> None:
         print(
             f"  {model.name:{width}s}  AUROC {m['auroc']:.3f} [{a_low:.3f}, {a_high:.3f}]  "
             f"AUPRC {m['auprc']:.3f} [{p_low:.3f}, {p_high:.3f}]  "
-            f"FPR@95%TPR {m['fpr_at_95_tpr']:.3f}  at the validation threshold: "
-            f"sens {m['sensitivity']:.3f} spec {m['specificity']:.3f} F1 {m['f1']:.3f}"
+            f"FPR@95%TPR {m['fpr_at_95_tpr']:.3f}  patient-weighted AUROC "
+            f"{m['auroc_patient_weighted']:.3f}  score {m['score']}"
+        )
+        print(
+            f"  {'':{width}s}  threshold ({m['threshold_source']}, validation specificity "
+            f"{m['val_specificity']:.3f}): test sens {m['sensitivity']:.3f} "
+            f"spec {m['specificity']:.3f} F1 {m['f1']:.3f}"
         )
         loc = m["localization"]
         if loc["pixel_auroc"] is not None:
@@ -191,9 +202,10 @@ def print_comparison(comparison: Comparison) -> None:
                 f"({loc['n_boxes']} boxes): pixel AUROC {loc['pixel_auroc']:.3f}, "
                 f"pointing game {loc['pointing_game']:.3f}"
             )
-    for d in comparison.delong:
+    for d in comparison.paired:
         print(
-            f"  DeLong {d['a']} - {d['b']}: AUROC difference {d['diff']:+.3f} "
-            f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], p = {d['p_value']:.3g}"
+            f"  {d['a']} - {d['b']}: AUROC difference {d['diff']:+.3f} "
+            f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], paired patient bootstrap "
+            f"p = {d['p_value']:.3g}"
         )
     print(f"Report: {comparison.files['report_html']}")

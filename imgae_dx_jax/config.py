@@ -27,8 +27,10 @@ from imgae_dx_jax.schema import (
     INTENSITIES,
     MODELS,
     PRECISIONS,
+    SCORES,
     SOURCES,
     STAGES,
+    THRESHOLD_RULES,
     UNET_MODES,
     WANDB_MODES,
     Config,
@@ -230,6 +232,16 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
             "train.compilation_cache",
             f'{t.compilation_cache!r} is a file; give a directory, "" (the default) or none',
         )
+    e = config.eval
+    if e.score != "auto" and e.score not in SCORES:
+        fail("eval.score", f"unknown score {e.score!r}; choose auto or one of {', '.join(SCORES)}")
+    if e.threshold not in THRESHOLD_RULES:
+        fail(
+            "eval.threshold",
+            f"unknown rule {e.threshold!r}; choose one of {', '.join(THRESHOLD_RULES)}",
+        )
+    if not 0.0 < e.target_specificity < 1.0:
+        fail("eval.target_specificity", f"must be in (0, 1), got {e.target_specificity}")
     if config.tracking.wandb not in WANDB_MODES:
         fail(
             "tracking.wandb",

@@ -2,15 +2,17 @@
 
 :func:`evaluate_runs` (``imgae-evaluate``, :func:`imgae_dx_jax.api.compare_runs`) loads each
 run's inference export, scores every validation and test image (:mod:`imgae_dx_jax.inference`),
-picks the operating threshold on the *validation* split, and reports the test split in
-``<run>/eval/``: ``metrics.json``, ``scores.csv`` (one row per test image), figures and
-``report.md`` / ``report.html``. The calibrated threshold is stored with the export
-(:func:`imgae_dx_jax.run_dir.write_calibration`) for :mod:`imgae_dx_jax.predict`.
+picks the image score and the operating threshold on the *validation* split
+(:func:`calibrate`), and reports the test split in ``<run>/eval/``: ``metrics.json``,
+``scores.csv`` (one row per test image), figures and ``report.md`` / ``report.html``. The
+choices are stored with the export (:func:`imgae_dx_jax.run_dir.write_calibration`) for
+:mod:`imgae_dx_jax.predict`.
 
-Several runs are compared on the same test split (checked): per model AUROC and AUPRC with
-95% patient-level stratified bootstrap intervals, FPR at 95% TPR, F1, and the analyses of
-:data:`ANALYSES` (per-finding and subgroup AUROC, localization against NIH boxes); between
-models the paired DeLong test. Other data of the same layout can be evaluated on, after
+Several runs are compared on the same test split (checked): per model AUROC (also
+patient-weighted) and AUPRC with 95% patient-level stratified bootstrap intervals, FPR at 95%
+TPR, F1, and the analyses of :data:`ANALYSES` (per-finding and subgroup AUROC with intervals,
+localization against NIH boxes); between models a paired patient-level bootstrap of the
+AUROC difference. Other data of the same layout can be evaluated on, after
 checking that none of its validation or test images were trained on.
 """
 
@@ -44,13 +46,19 @@ from imgae_dx_jax.metrics.curves import (
     roc_at,
     roc_points,
 )
-from imgae_dx_jax.metrics.image import average_precision, delong_test, image_metrics, roc_auc
+from imgae_dx_jax.metrics.image import (
+    average_precision,
+    image_metrics,
+    paired_bootstrap,
+    rates_at,
+    roc_auc,
+)
 from imgae_dx_jax.metrics.localization import localization, scaled_boxes
-from imgae_dx_jax.metrics.threshold import map_scale, select_threshold
+from imgae_dx_jax.metrics.threshold import choose_score, describe_rule, map_scale, select_threshold
 from imgae_dx_jax.report.documents import write_report
 from imgae_dx_jax.report.tables import TRACKED_TABLES
 from imgae_dx_jax.results import Band, Comparison, ModelResult, SplitScores
-from imgae_dx_jax.schema import Config, DataConfig
+from imgae_dx_jax.schema import Config, DataConfig, EvalConfig
 from imgae_dx_jax.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -68,11 +76,13 @@ class AnalysisInput:
     """The test images that have boxes, with their maps kept."""
     catalog: Catalog
     image_size: int
+    n_bootstrap: int
+    seed: int
 
 
 ANALYSES: dict[str, Callable[[AnalysisInput], Any]] = {
-    "per_finding": lambda a: per_finding(a.test),
-    "subgroups": lambda a: subgroups(a.test),
+    "per_finding": lambda a: per_finding(a.test, a.n_bootstrap, a.seed),
+    "subgroups": lambda a: subgroups(a.test, a.n_bootstrap, a.seed),
     "localization": lambda a: localization(a.boxed, a.catalog, a.image_size),
 }
 """The analyses of each model beyond the headline metrics, by their key in ``metrics.json``.
@@ -129,6 +139,28 @@ def select_examples(split: SplitScores, boxed: set[str]) -> list[tuple[str, int]
     return out + [("with box", int(i)) for i in with_box[:2]]
 
 
+def calibrate(val: SplitScores, settings: EvalConfig) -> rundir.Calibration:
+    """Choose the image score, the operating threshold and the overlay scale on validation.
+
+    Only the validation split is used, so no test label can influence a choice.
+
+    Args:
+        val: the scored validation split, with every candidate score (``by_score``).
+        settings: ``eval.score``, ``eval.threshold`` and ``eval.target_specificity``.
+
+    Returns:
+        The calibration that evaluation applies to the test split and prediction to new images.
+    """
+    candidates = {name: scores for name, (scores, _) in val.by_score.items()}
+    score, aurocs = choose_score(val.labels, candidates, settings.score)
+    chosen = val.choose(score)
+    threshold = select_threshold(
+        chosen.labels, chosen.scores, settings.threshold, settings.target_specificity
+    )
+    rule = describe_rule(settings.threshold, settings.target_specificity)
+    return rundir.Calibration(threshold, map_scale(chosen), score, rule, aurocs)
+
+
 def evaluate_model(
     name: str,
     run_dir: Path,
@@ -174,8 +206,12 @@ def evaluate_model(
                 f"the {split_name} split needs normal and abnormal images to evaluate; it has "
                 f"{len(split.labels)} readable images of one class (use more stages)"
             )
-    threshold = select_threshold(val.labels, val.scores)
-    metrics = image_metrics(test.labels, test.scores, threshold)
+    calibration = calibrate(val, config.eval)
+    scorer = scorer.select(calibration.score)
+    val, test = val.choose(calibration.score), test.choose(calibration.score)
+    threshold = calibration.threshold
+    metrics = image_metrics(test.labels, test.scores, test.patients, threshold)
+    on_val = rates_at(val.labels, val.scores, threshold)
     auroc_ci, roc_low, roc_high = bootstrap_band(test, roc_auc, roc_at, n_bootstrap, seed)
     auprc_ci, pr_low, pr_high = bootstrap_band(
         test, average_precision, precision_at, n_bootstrap, seed
@@ -190,14 +226,22 @@ def evaluate_model(
         scorer, config, [test.records[i] for _, i in chosen], store, keep_maps=True
     )
     kinds = tuple(kind for kind, _ in chosen)
-    scale = map_scale(val)
-    analysis = AnalysisInput(test, boxed, catalog, size)
+    analysis = AnalysisInput(test, boxed, catalog, size, n_bootstrap, seed)
     metrics.update(
         model=config.model.name,
         run=str(run_dir),
         auroc_ci=list(auroc_ci),
         auprc_ci=list(auprc_ci),
-        threshold_source="validation split (max F1)",
+        score=calibration.score,
+        score_setting=config.eval.score,
+        score_val_auroc=calibration.score_aurocs,
+        threshold_rule=config.eval.threshold,
+        threshold_source=f"validation split, {calibration.rule}",
+        target_specificity=config.eval.target_specificity
+        if config.eval.threshold == "specificity"
+        else None,
+        val_sensitivity=on_val["sensitivity"],
+        val_specificity=on_val["specificity"],
         **{name: analyse(analysis) for name, analyse in ANALYSES.items()},
         data=store.description,
         stages=list(source_stages(config.data)),
@@ -207,7 +251,7 @@ def evaluate_model(
         skipped={"val": val.skipped, "test": test.skipped},
     )
     if own_data:
-        rundir.write_calibration(run_dir, rundir.Calibration(threshold, scale), len(val.labels))
+        rundir.write_calibration(run_dir, calibration, len(val.labels))
     return ModelResult(
         name=name,
         run_dir=run_dir,
@@ -220,7 +264,7 @@ def evaluate_model(
         examples=examples,
         example_kinds=kinds,
         boxes={r.key: scaled_boxes(catalog, r.key, size) for r in examples.records},
-        map_scale=scale,
+        map_scale=calibration.map_scale,
         split_counts=splits.counts(),
     )
 
@@ -235,15 +279,26 @@ def run_names(run_dirs: Sequence[Path]) -> list[str]:
     return names
 
 
-def compare(models: Sequence[ModelResult]) -> list[dict[str, Any]]:
-    """Paired DeLong tests of the AUROC of every pair of models, on their common test images."""
+def compare(models: Sequence[ModelResult], n_bootstrap: int, seed: int) -> list[dict[str, Any]]:
+    """Paired patient-level bootstraps of the AUROC difference of every pair of models.
+
+    Each pair is compared on the test images both scored
+    (:func:`~imgae_dx_jax.metrics.image.paired_bootstrap`, the same resamples of patients for
+    both models).
+    """
     out = []
     for a, b in itertools.combinations(models, 2):
         b_scores = dict(zip((r.key for r in b.test.records), b.test.scores, strict=True))
         common = [i for i, r in enumerate(a.test.records) if r.key in b_scores]
-        labels = a.test.labels[common]
         scores_b = np.array([b_scores[a.test.records[i].key] for i in common])
-        test = delong_test(labels, a.test.scores[common], scores_b)
+        test = paired_bootstrap(
+            a.test.labels[common],
+            a.test.scores[common],
+            scores_b,
+            a.test.patients[common],
+            n_resamples=n_bootstrap,
+            seed=seed,
+        )
         out.append({"a": a.name, "b": b.name, "n_images": len(common), **test})
     return out
 
@@ -297,7 +352,7 @@ def evaluate_runs(
         run_dirs: trained run directories.
         out_dir: where to write; default :func:`default_out_dir`. With one run and no
             ``out_dir``, ``metrics.json`` is that run's flat metrics (as in training);
-            otherwise it is the combined ``{"models": {...}, "delong": [...], ...}``.
+            otherwise it is the combined ``{"models": {...}, "paired": [...], ...}``.
         source: evaluate on another data source (``data.source``) instead of the run's own.
         data: its ``data.path``.
         n_bootstrap: bootstrap resamples (at least 1000).
@@ -342,7 +397,7 @@ def evaluate_runs(
     out.mkdir(parents=True, exist_ok=True)
     comparison = Comparison(
         models=models,
-        delong=compare(models),
+        paired=compare(models, n_bootstrap, seed),
         data=models[0].metrics["data"],
         bootstrap={
             "n_resamples": n_bootstrap,
@@ -415,6 +470,7 @@ def log_to_tracker(tracker: Tracker, comparison: Comparison) -> None:
         m = model.metrics
         for key in (
             "auroc",
+            "auroc_patient_weighted",
             "auprc",
             "fpr_at_95_tpr",
             "best_f1",
@@ -452,8 +508,8 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate one run on its own held-out test split and write ``<run>/eval/``.
 
-    The threshold is chosen on the validation split (maximum F1) and only then applied to
-    the test split.
+    The image score and the threshold are chosen on the validation split (:func:`calibrate`)
+    and only then applied to the test split.
 
     Args:
         run_dir: the trained run directory.

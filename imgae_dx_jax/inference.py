@@ -1,15 +1,24 @@
 """Batched scoring of images with a trained model, shared by evaluation and prediction.
 
 :class:`Scorer` compiles a model's anomaly maps and image scores once and runs them in
-fixed-size batches; :func:`score_split` scores every readable image of a split. The image
-score is the aggregation :func:`image_scores` of the anomaly map. Images are normalised as in
-training (:func:`~imgae_dx_jax.data.intensity.model_input`, ``data.intensity``).
+fixed-size batches; :func:`score_split` scores every readable image of a split. Images are
+normalised as in training (:func:`~imgae_dx_jax.data.intensity.model_input`,
+``data.intensity``).
+
+Every image gets each candidate score of :data:`~imgae_dx_jax.schema.SCORES` in the same
+compiled call (:func:`candidate_scores`): ``mean``, the mean of the raw anomaly map, and
+``top<k>``, the mean of the top k% pixels of the map after a 5x5 median filter (the residual
+post-processing of Kascenas et al., MIDL 2022). Evaluation picks one on the validation split
+(:func:`imgae_dx_jax.metrics.threshold.choose_score`); a :class:`Scorer` reports that one as
+the score, and its maps are the post-processed maps that candidate is computed from.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -23,12 +32,49 @@ from imgae_dx_jax.data.nih import Record
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset
 from imgae_dx_jax.families import anomaly_maps
 from imgae_dx_jax.results import SplitScores
-from imgae_dx_jax.schema import Config
+from imgae_dx_jax.schema import SCORES, Config
+
+MEDIAN_SIZE = 5
+"""Side of the median filter applied to the maps of the ``top<k>`` scores."""
 
 
-def image_scores(maps: jax.Array) -> jax.Array:
-    """Per-image anomaly score: the mean of each map, [B, H, W] -> [B]."""
-    return jnp.mean(maps, axis=(1, 2))
+def median_filter(maps: jax.Array, size: int = MEDIAN_SIZE) -> jax.Array:
+    """Median of each ``size x size`` neighbourhood of [B, H, W] maps (odd ``size``).
+
+    Borders are extended by reflection (SciPy's ``reflect`` mode, so the result equals
+    ``scipy.ndimage.median_filter(maps, size=(1, size, size))``).
+    """
+    radius = size // 2
+    height, width = maps.shape[1:]
+    padded = jnp.pad(maps, ((0, 0), (radius, radius), (radius, radius)), mode="symmetric")
+    shifted = [padded[:, i : i + height, j : j + width] for i in range(size) for j in range(size)]
+    return jnp.median(jnp.stack(shifted), axis=0)
+
+
+def uses_median(score: str) -> bool:
+    """Whether the candidate ``score`` is computed from the median-filtered map."""
+    return score != "mean"
+
+
+def top_mean(maps: jax.Array, percent: float) -> jax.Array:
+    """Mean of the highest ``percent``% pixels of each map (at least one), [B, H, W] -> [B]."""
+    flat = maps.reshape(maps.shape[0], -1)
+    k = max(1, round(flat.shape[1] * percent / 100.0))
+    return jnp.mean(jnp.sort(flat, axis=1)[:, -k:], axis=1)
+
+
+def candidate_scores(maps: jax.Array, filtered: jax.Array) -> jax.Array:
+    """Every candidate score of :data:`~imgae_dx_jax.schema.SCORES`, [B, len(SCORES)].
+
+    Args:
+        maps: the raw anomaly maps [B, H, W] (for ``mean``).
+        filtered: the same maps after :func:`median_filter` (for ``top<k>``).
+    """
+    columns = [
+        jnp.mean(maps, axis=(1, 2)) if name == "mean" else top_mean(filtered, float(name[3:]))
+        for name in SCORES
+    ]
+    return jnp.stack(columns, axis=1)
 
 
 def pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -40,10 +86,17 @@ def pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Inference:
-    """Model outputs for a batch of images; the arrays are None unless kept."""
+    """Model outputs for a batch of images; the arrays are None unless kept.
+
+    ``scores``, ``peaks`` (map maxima) and ``maps`` are those of the scorer's chosen score;
+    ``candidates`` [N, len(SCORES)] holds every candidate score and ``candidate_peaks``
+    [N, 2] the maxima of the raw and of the median-filtered maps.
+    """
 
     scores: np.ndarray
     peaks: np.ndarray
+    candidates: np.ndarray
+    candidate_peaks: np.ndarray
     reconstructions: np.ndarray | None
     maps: np.ndarray | None
 
@@ -51,19 +104,36 @@ class Inference:
 class Scorer:
     """A model's anomaly maps and scores, compiled once, run in fixed-size batches."""
 
-    def __init__(self, model: nnx.Module, config: Config) -> None:
-        """Split the model and compile its scoring function for ``config.eval.batch_size``."""
+    def __init__(self, model: nnx.Module, config: Config, score: str = "mean") -> None:
+        """Split the model and compile its scoring function for ``config.eval.batch_size``.
+
+        Args:
+            model: the trained model.
+            config: its config.
+            score: the candidate of :data:`~imgae_dx_jax.schema.SCORES` reported as the score.
+        """
         graphdef, self._state = nnx.split(model)
         self.batch_size = config.eval.batch_size
+        self.score = score
+        self._column = SCORES.index(score)
 
-        @jax.jit
-        def run(state: Any, images: jax.Array) -> tuple[jax.Array, ...]:
+        @partial(jax.jit, static_argnames="median")
+        def run(state: Any, images: jax.Array, median: bool) -> tuple[jax.Array, ...]:
             model = nnx.merge(graphdef, state)
             inputs = model_input(images, config.data.intensity)
             x_hat, maps = anomaly_maps(model, inputs, config.model)
-            return image_scores(maps), jnp.max(maps, axis=(1, 2)), x_hat[..., 0], maps
+            filtered = median_filter(maps)
+            peaks = jnp.stack([jnp.max(m, axis=(1, 2)) for m in (maps, filtered)], axis=1)
+            kept = filtered if median else maps
+            return candidate_scores(maps, filtered), peaks, x_hat[..., 0], kept
 
         self._run = run
+
+    def select(self, score: str) -> Scorer:
+        """The same compiled model reporting the candidate ``score`` instead."""
+        chosen = copy.copy(self)
+        chosen.score, chosen._column = score, SCORES.index(score)
+        return chosen
 
     def __call__(self, images: np.ndarray, *, keep_maps: bool = False) -> Inference:
         """Score uint8 images ``[N, size, size, 1]`` (N >= 1).
@@ -78,13 +148,19 @@ class Scorer:
         parts: list[tuple[np.ndarray, ...]] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            outputs = self._run(self._state, pad_batch(chunk, self.batch_size))
+            outputs = self._run(
+                self._state, pad_batch(chunk, self.batch_size), uses_median(self.score)
+            )
             wanted = outputs if keep_maps else outputs[:2]
             parts.append(tuple(np.asarray(x)[: len(chunk)] for x in wanted))
         joined = [np.concatenate(column) for column in zip(*parts, strict=True)]
+        candidates = joined[0].astype(np.float64)
+        candidate_peaks = joined[1].astype(np.float64)
         return Inference(
-            joined[0].astype(np.float64),
-            joined[1].astype(np.float64),
+            candidates[:, self._column],
+            candidate_peaks[:, int(uses_median(self.score))],
+            candidates,
+            candidate_peaks,
             joined[2] if keep_maps else None,
             joined[3] if keep_maps else None,
         )
@@ -126,6 +202,8 @@ def score_split(
     def join(name: str) -> np.ndarray:
         return np.concatenate([getattr(r, name) for r in results]) if results else np.zeros(0)
 
+    candidates = join("candidates").reshape(len(kept), len(SCORES))
+    peaks = join("candidate_peaks").reshape(len(kept), 2)
     return SplitScores(
         kept,
         join("scores"),
@@ -134,4 +212,8 @@ def score_split(
         np.concatenate(images) if keep_maps and images else None,
         join("reconstructions") if keep_maps else None,
         join("maps") if keep_maps else None,
+        {
+            name: (candidates[:, i], peaks[:, int(uses_median(name))])
+            for i, name in enumerate(SCORES)
+        },
     )

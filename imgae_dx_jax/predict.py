@@ -2,8 +2,8 @@
 
 ``imgae-predict IMAGE_OR_DIR... --run RUN --out DIR`` (= ``python -m imgae_dx_jax.predict``
 = ``hatch run predict``) decodes each PNG or JPEG (grayscale, RGB or RGBA, any size) to the
-run's single-channel training size, computes its anomaly map and score, calls it abnormal
-iff the score reaches the threshold chosen on the run's validation split
+run's single-channel training size, computes its anomaly map and the image score chosen on the
+run's validation split, calls it abnormal iff the score reaches the threshold chosen there
 (:func:`imgae_dx_jax.run_dir.load_calibration`, written by evaluation), and writes per image
 a heatmap overlay PNG at the image's own aspect ratio, plus ``predictions.csv``. Directories are
 searched recursively; unreadable files are reported in the CSV and skipped.
@@ -130,7 +130,7 @@ def predict(inputs: Sequence[Path], run_dir: Path, out_dir: Path) -> list[Predic
     config = rundir.load_export_config(run_dir)
     setup_compilation_cache(config)
     calibration = rundir.load_calibration(run_dir)
-    scorer = Scorer(restore_model(run_dir, config), config)
+    scorer = Scorer(restore_model(run_dir, config), config, calibration.score)
     out_dir.mkdir(parents=True, exist_ok=True)
     size = config.data.image_size
     taken: set[Path] = set()

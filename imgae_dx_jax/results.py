@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,9 @@ class SplitScores:
     """Anomaly scores of the readable images of one split, in catalog order.
 
     ``images``, ``reconstructions`` and ``maps`` ([N, H, W]) are only kept when asked for.
+    ``scores`` and ``peaks`` are those of one image score; ``by_score`` holds, for every
+    candidate score (:data:`~imgae_dx_jax.schema.SCORES`), its scores and the maxima of the
+    map it is computed from.
     """
 
     records: tuple[Record, ...]
@@ -27,6 +30,12 @@ class SplitScores:
     images: np.ndarray | None = None
     reconstructions: np.ndarray | None = None
     maps: np.ndarray | None = None
+    by_score: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def choose(self, score: str) -> SplitScores:
+        """The same images reporting the candidate ``score`` (and its map maxima)."""
+        scores, peaks = self.by_score[score]
+        return replace(self, scores=scores, peaks=peaks)
 
     @property
     def labels(self) -> np.ndarray:
@@ -79,7 +88,8 @@ class Comparison:
     """The evaluated runs, the paired tests between them, and where the outputs went."""
 
     models: list[ModelResult]
-    delong: list[dict[str, Any]]
+    paired: list[dict[str, Any]]
+    """Paired patient-level bootstraps of the AUROC difference of each pair of models."""
     data: str
     bootstrap: dict[str, Any]
     out_dir: Path
@@ -89,7 +99,7 @@ class Comparison:
         """The combined ``metrics.json`` of a comparison."""
         return {
             "models": {m.name: m.metrics for m in self.models},
-            "delong": self.delong,
+            "paired": self.paired,
             "data": self.data,
             "bootstrap": self.bootstrap,
             "test_split": self.models[0].split_counts["test"],

@@ -8,7 +8,7 @@
     <run>/metrics.jsonl      the training log
     <run>/export/model       the inference export (:func:`imgae_dx_jax.checkpoints.export_model`)
     <run>/export/config.yaml its config
-    <run>/export/threshold.json  the validation-calibrated threshold and overlay scale
+    <run>/export/threshold.json  the validation-chosen image score, threshold, overlay scale
     <run>/eval/              the evaluation report (``eval-<source>/`` on other data)
 
 :func:`read_config` is the one reader of a run's ``config.yaml`` (training's resume and the
@@ -280,10 +280,16 @@ def _manifest(run_dir: Path) -> dict[str, list[str]]:
 
 @dataclass(frozen=True)
 class Calibration:
-    """What evaluation stores with the export: the operating threshold and overlay scale."""
+    """What evaluation chose on the validation split and stores with the export."""
 
     threshold: float
     map_scale: float
+    score: str
+    """The image score (a name of :data:`~imgae_dx_jax.schema.SCORES`)."""
+    rule: str
+    """How the threshold was chosen, in words."""
+    score_aurocs: dict[str, float]
+    """Validation AUROC of every candidate score (empty for files of older versions)."""
 
 
 def write_calibration(run_dir: Path, calibration: Calibration, n_val_images: int) -> None:
@@ -292,8 +298,11 @@ def write_calibration(run_dir: Path, calibration: Calibration, n_val_images: int
         json.dumps(
             {
                 "threshold": calibration.threshold,
-                "chosen_on": "validation split, maximum F1",
+                "chosen_on": f"validation split, {calibration.rule}",
                 "n_val_images": n_val_images,
+                "score": calibration.score,
+                "score_chosen_on": "validation split, AUROC of each candidate",
+                "score_aurocs": calibration.score_aurocs,
                 "map_scale": calibration.map_scale,
                 "map_scale_is": "95th percentile of the anomaly-map maxima of normal "
                 "validation images (overlays saturate there)",
@@ -305,6 +314,9 @@ def write_calibration(run_dir: Path, calibration: Calibration, n_val_images: int
 
 def load_calibration(run_dir: Path) -> Calibration:
     """Read ``<run>/export/threshold.json``.
+
+    A file written before the image score was chosen holds the threshold of the ``mean``
+    score, which it is read as.
 
     Raises:
         RunError: when the run has not been evaluated (with this version) yet.
@@ -319,7 +331,13 @@ def load_calibration(run_dir: Path) -> Calibration:
         raise RunError(
             f"{path} was written by an older version: run `imgae-evaluate --run {run_dir}` again"
         )
-    return Calibration(float(values["threshold"]), float(values["map_scale"]))
+    return Calibration(
+        float(values["threshold"]),
+        float(values["map_scale"]),
+        values.get("score", "mean"),
+        values.get("chosen_on", "maximum F1").removeprefix("validation split, "),
+        values.get("score_aurocs", {}),
+    )
 
 
 # ------------------------------------------------------------------------------- training log

@@ -20,6 +20,10 @@ INTENSITIES = ("none", "minmax", "p99")
 NIH_SOURCES = ("sample", "archive", "folder", "url", "kaggle")
 """Sources of the NIH layout, which come in stages (``data.stages``); the others are one stage."""
 PRECISIONS = ("auto", "float32", "bf16")
+SCORES = ("mean", "top25", "top10", "top5", "top1")
+"""Candidate image scores (:mod:`imgae_dx_jax.inference`), simplest first: ``mean`` of the
+anomaly map, ``top<k>`` the mean of its top k% pixels after a 5x5 median filter."""
+THRESHOLD_RULES = ("specificity", "youden", "f1")
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,13 @@ class EvalConfig:
     """Scoring of the validation and test splits."""
 
     batch_size: int
+    score: str
+    """Image score: one of :data:`SCORES`, or ``auto`` for the candidate with the best
+    validation AUROC (ties: the simplest)."""
+    threshold: str
+    """Operating threshold rule on the validation split: ``specificity``, ``youden``, ``f1``."""
+    target_specificity: float
+    """Fraction of validation normals below the threshold of the ``specificity`` rule."""
 
 
 @dataclass(frozen=True)

@@ -264,11 +264,11 @@ print("CLI equivalent:", shlex.join(["imgae-evaluate", *run_args, "--out", str(r
 SHOW = """
 from IPython.display import Image, Markdown, display
 
-from imgae_dx_jax.report.tables import delong_rows, file_stem, headline_rows, markdown_table
+from imgae_dx_jax.report.tables import file_stem, headline_rows, markdown_table, paired_rows
 
 display(Markdown("### Held-out test results\\n\\n" + markdown_table(headline_rows(comparison))))
-if comparison.delong:
-    display(Markdown("### Paired DeLong test\\n\\n" + markdown_table(delong_rows(comparison))))
+if comparison.paired:
+    display(Markdown("### Paired bootstrap\\n\\n" + markdown_table(paired_rows(comparison))))
 display(Markdown("### ROC curves (95% bootstrap bands)"))
 display(Image(filename=str(comparison.files["roc"])))
 for model in comparison.models:
@@ -392,7 +392,7 @@ def quickstart() -> list[NotebookNode]:
 
             Both runs are scored on the same held-out test patients. The operating threshold of
             each model is chosen on its validation patients; AUROC and AUPRC come with 95%
-            patient-level bootstrap intervals, and the paired DeLong test compares the models.
+            patient-level bootstrap intervals, and a paired patient bootstrap compares the models.
             """
         ),
         code(EVALUATE),

@@ -1,4 +1,9 @@
-"""AUROC broken down by NIH finding and by subgroup (view position, sex, age band)."""
+"""AUROC broken down by NIH finding and by subgroup (view position, sex, age band).
+
+Every AUROC comes with a 95% patient-level bootstrap interval
+(:func:`~imgae_dx_jax.metrics.image.bootstrap_ci`); both are None where the images lack a
+class, the interval alone where every patient of the subset has an abnormal image.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,40 @@ from typing import Any
 import numpy as np
 
 from imgae_dx_jax.data.nih import FINDINGS, Record
-from imgae_dx_jax.metrics.image import roc_auc
+from imgae_dx_jax.metrics.image import bootstrap_ci, roc_auc
 from imgae_dx_jax.results import SplitScores
 
 AGE_BANDS = ((0, 17), (18, 39), (40, 59), (60, 79), (80, 200))
 
 
-def _auroc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    return roc_auc(labels, scores) if 0 < labels.sum() < labels.size else None
+def _auroc_with_ci(
+    split: SplitScores, keep: np.ndarray, labels: np.ndarray, n_resamples: int, seed: int
+) -> dict[str, Any]:
+    """``auroc`` and ``auroc_ci`` of the images ``keep`` (None where undefined)."""
+    y, s = labels[keep], split.scores[keep]
+    if not 0 < y.sum() < y.size:
+        return {"auroc": None, "auroc_ci": None}
+    try:
+        ci: list[float] | None = list(
+            bootstrap_ci(y, s, split.patients[keep], roc_auc, n_resamples=n_resamples, seed=seed)
+        )
+    except ValueError:  # every patient of the subset has an abnormal image
+        ci = None
+    return {"auroc": roc_auc(y, s), "auroc_ci": ci}
 
 
-def per_finding(split: SplitScores) -> list[dict[str, Any]]:
-    """AUROC of each NIH finding (images with it, possibly among others) vs. the normals."""
+def per_finding(split: SplitScores, n_resamples: int, seed: int) -> list[dict[str, Any]]:
+    """AUROC of each NIH finding (images with it, possibly among others) vs. the normals.
+
+    Args:
+        split: the scored test split.
+        n_resamples: bootstrap resamples of each interval.
+        seed: bootstrap seed.
+
+    Returns:
+        One row per finding: ``finding``, ``n_abnormal``, ``n_normal``, ``auroc`` and
+        ``auroc_ci`` (``[low, high]``).
+    """
     labels, normal = split.labels, split.labels == 0
     rows = []
     for finding in FINDINGS:
@@ -30,7 +57,7 @@ def per_finding(split: SplitScores) -> list[dict[str, Any]]:
                 "finding": finding,
                 "n_abnormal": int(has.sum()),
                 "n_normal": int(normal.sum()),
-                "auroc": _auroc_or_none(labels[keep], split.scores[keep]) if has.any() else None,
+                **_auroc_with_ci(split, keep, labels, n_resamples, seed),
             }
         )
     return rows
@@ -51,8 +78,18 @@ SUBGROUPS: dict[str, Callable[[Record], str]] = {
 }
 
 
-def subgroups(split: SplitScores) -> list[dict[str, Any]]:
-    """AUROC within each view position, sex and age band (None where a class is missing)."""
+def subgroups(split: SplitScores, n_resamples: int, seed: int) -> list[dict[str, Any]]:
+    """AUROC within each view position, sex and age band (None where a class is missing).
+
+    Args:
+        split: the scored test split.
+        n_resamples: bootstrap resamples of each interval.
+        seed: bootstrap seed.
+
+    Returns:
+        One row per subgroup: ``group``, ``value``, ``n_normal``, ``n_abnormal``, ``auroc``
+        and ``auroc_ci``.
+    """
     rows = []
     labels = split.labels
     for group, key in SUBGROUPS.items():
@@ -65,7 +102,7 @@ def subgroups(split: SplitScores) -> list[dict[str, Any]]:
                     "value": value,
                     "n_normal": int((labels[keep] == 0).sum()),
                     "n_abnormal": int(labels[keep].sum()),
-                    "auroc": _auroc_or_none(labels[keep], split.scores[keep]),
+                    **_auroc_with_ci(split, keep, labels, n_resamples, seed),
                 }
             )
     return rows

@@ -1,4 +1,4 @@
-"""Image-level metrics of anomaly scores: AUROC, AUPRC, FPR at 95% TPR, F1, CIs, DeLong.
+"""Image-level metrics of anomaly scores: AUROC, AUPRC, FPR at 95% TPR, F1, patient bootstrap.
 
 Conventions used throughout:
 
@@ -17,12 +17,11 @@ an oracle computed on the test labels and must not be read as an achievable oper
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.stats import norm
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 """A metric of ``(labels, scores)`` such as :func:`roc_auc`."""
@@ -85,6 +84,83 @@ def _counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     tp = np.cumsum(y[order])[last]
     fp = last + 1 - tp
     return s_sorted[last], tp, fp
+
+
+def operating_points(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, ...]:
+    """True- and false-positive rates at every distinct score used as the threshold.
+
+    Args:
+        labels: 1 for abnormal, 0 for normal, one per image.
+        scores: anomaly scores, higher meaning more abnormal.
+
+    Returns:
+        ``(thresholds, tpr, fpr)``: the distinct scores in decreasing order and the rates of
+        predicting abnormal iff ``score >= threshold``.
+
+    Raises:
+        ValueError: if the inputs are malformed or only one class is present.
+
+    """
+    y, s = _both_classes(labels, scores)
+    thresholds, tp, fp = _counts(y, s)
+    n_pos = int(y.sum())
+    return thresholds, tp / n_pos, fp / (y.size - n_pos)
+
+
+def weighted_roc_auc(labels: ArrayLike, scores: ArrayLike, weights: ArrayLike) -> float:
+    """AUROC with a weight per image: the weighted Mann-Whitney statistic.
+
+    Each (abnormal ``i``, normal ``j``) pair counts ``w_i * w_j`` (one half on tied scores),
+    divided by the total weight of all pairs. Equal weights give :func:`roc_auc`.
+
+    Args:
+        labels: 1 for abnormal, 0 for normal, one per image.
+        scores: anomaly scores, higher meaning more abnormal.
+        weights: positive weight of each image.
+
+    Returns:
+        The weighted probability that an abnormal image scores above a normal one.
+
+    Raises:
+        ValueError: if the inputs are malformed, a weight is not positive and finite, or only
+            one class is present.
+
+    """
+    y, s = _both_classes(labels, scores)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != y.shape or not np.all(np.isfinite(w) & (w > 0)):
+        raise ValueError(f"weights must be {y.size} positive finite numbers, got shape {w.shape}")
+    values, level = np.unique(s, return_inverse=True)
+    neg_at = np.bincount(level, weights=w * (y == 0), minlength=values.size)
+    neg_below = np.cumsum(neg_at) - neg_at
+    pos = y == 1
+    wins = w[pos] * (neg_below[level[pos]] + 0.5 * neg_at[level[pos]])
+    return float(wins.sum() / (w[pos].sum() * w[~pos].sum()))
+
+
+def patient_weighted_auroc(labels: ArrayLike, scores: ArrayLike, groups: ArrayLike) -> float:
+    """AUROC with each image weighted by 1 / (number of images of its patient).
+
+    Every patient then carries the same total weight, so a few patients with many images do
+    not dominate the statistic (:func:`weighted_roc_auc`).
+
+    Args:
+        labels: 1 for abnormal, 0 for normal, one per image.
+        scores: anomaly scores, higher meaning more abnormal.
+        groups: patient identifier of each image.
+
+    Returns:
+        The patient-weighted AUROC.
+
+    Raises:
+        ValueError: if the inputs are malformed or only one class is present.
+
+    """
+    g = np.asarray(groups)
+    if g.shape != np.shape(labels):
+        raise ValueError(f"groups must give one patient per image: shape {g.shape}")
+    _, patient, size = np.unique(g, return_inverse=True, return_counts=True)
+    return weighted_roc_auc(labels, scores, 1.0 / size[patient])
 
 
 def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
@@ -218,16 +294,20 @@ def rates_at(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str
     }
 
 
-def image_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, Any]:
+def image_metrics(
+    labels: ArrayLike, scores: ArrayLike, groups: ArrayLike, threshold: float
+) -> dict[str, Any]:
     """All image-level metrics for a test split, at a threshold chosen on validation data.
 
     Args:
         labels: test labels, 1 for abnormal, 0 for normal.
         scores: test anomaly scores, higher meaning more abnormal.
+        groups: patient identifier of each image.
         threshold: operating threshold from :func:`select_threshold` on the validation split.
 
     Returns:
-        A JSON-serialisable dict of Python scalars: ``auroc``, ``auprc``, ``fpr_at_95_tpr``;
+        A JSON-serialisable dict of Python scalars: ``auroc``, ``auroc_patient_weighted``
+        (:func:`patient_weighted_auroc`), ``auprc``, ``fpr_at_95_tpr``;
         ``best_f1``, an *oracle* F1 with its threshold tuned on these test labels (an upper
         bound, not an achievable result); ``threshold`` (the one given) with the ``f1``,
         ``sensitivity``, ``specificity`` and ``precision`` it achieves on this split; and the
@@ -242,6 +322,7 @@ def image_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dic
     n_abnormal = int(y.sum())
     return {
         "auroc": roc_auc(y, s),
+        "auroc_patient_weighted": patient_weighted_auroc(y, s, groups),
         "auprc": average_precision(y, s),
         "fpr_at_95_tpr": fpr_at_tpr(y, s, 0.95),
         "best_f1": best_f1(y, s)[0],
@@ -253,6 +334,51 @@ def image_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dic
         "n_normal": y.size - n_abnormal,
         "n_abnormal": n_abnormal,
     }
+
+
+def _patient_resamples(
+    y: np.ndarray, groups: ArrayLike, n_resamples: int, seed: int
+) -> Iterator[np.ndarray]:
+    """Image indices of each resample of a patient-level stratified bootstrap.
+
+    Whole patients are drawn with replacement, each bringing all of their images; patients
+    with at least one abnormal image and those with none are resampled separately, each
+    stratum to its own size, so every resample holds both classes.
+
+    Raises:
+        ValueError: if ``groups`` does not match the images or every patient has an abnormal
+            image.
+    """
+    g = np.asarray(groups)
+    if g.shape != y.shape:
+        raise ValueError(f"groups must give one patient per image: shape {g.shape} vs {y.shape}")
+    _, patient = np.unique(g, return_inverse=True)
+    # Images ordered by patient: patient p owns by_patient[start[p] : start[p] + size[p]].
+    by_patient = np.argsort(patient, kind="stable")
+    size = np.bincount(patient)
+    start = np.concatenate(([0], np.cumsum(size)[:-1]))
+    abnormal = np.bincount(patient, weights=y) > 0
+    if abnormal.all():
+        raise ValueError(
+            "stratified bootstrap needs patients without abnormal images; every patient has one"
+        )
+    strata = [np.flatnonzero(abnormal), np.flatnonzero(~abnormal)]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        drawn = np.concatenate([rng.choice(stratum, size=stratum.size) for stratum in strata])
+        counts = size[drawn]
+        # Offset of each image within its patient's block, then the block's start.
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        yield by_patient[np.repeat(start[drawn], counts) + within]
+
+
+def _check_resampling(n_resamples: int, confidence: float) -> float:
+    """Validate the bootstrap settings; return the two tail quantiles' total mass."""
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return 1.0 - confidence
 
 
 def bootstrap_ci(
@@ -290,93 +416,66 @@ def bootstrap_ci(
             one class is present, or every patient has an abnormal image.
 
     """
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    alpha = _check_resampling(n_resamples, confidence)
     y, s = _both_classes(labels, scores)
-    g = np.asarray(groups)
-    if g.shape != y.shape:
-        raise ValueError(f"groups must give one patient per image: shape {g.shape} vs {y.shape}")
-    _, patient = np.unique(g, return_inverse=True)
-    # Images ordered by patient: patient p owns by_patient[start[p] : start[p] + size[p]].
-    by_patient = np.argsort(patient, kind="stable")
-    size = np.bincount(patient)
-    start = np.concatenate(([0], np.cumsum(size)[:-1]))
-    abnormal = np.bincount(patient, weights=y) > 0
-    if abnormal.all():
-        raise ValueError(
-            "stratified bootstrap needs patients without abnormal images; every patient has one"
-        )
-    strata = [np.flatnonzero(abnormal), np.flatnonzero(~abnormal)]
-
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_resamples, dtype=np.float64)
-    for i in range(n_resamples):
-        drawn = np.concatenate([rng.choice(stratum, size=stratum.size) for stratum in strata])
-        counts = size[drawn]
-        # Offset of each image within its patient's block, then the block's start.
-        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        images = by_patient[np.repeat(start[drawn], counts) + within]
-        values[i] = metric(y[images], s[images])
-    alpha = 1.0 - confidence
+    values = [metric(y[i], s[i]) for i in _patient_resamples(y, groups, n_resamples, seed)]
     low, high = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
     return float(low), float(high)
 
 
-def delong_test(labels: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike) -> dict[str, float]:
-    """Paired DeLong test of the AUROC difference of two models scored on the same images.
+def paired_bootstrap(
+    labels: ArrayLike,
+    scores_a: ArrayLike,
+    scores_b: ArrayLike,
+    groups: ArrayLike,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, float]:
+    """Paired patient-level bootstrap of the AUROC difference of two models on the same images.
 
-    Uses the structural components of DeLong, DeLong & Clarke-Pearson (1988), computed with the
-    midrank algorithm of Sun & Xu (2014) in ``O(n log n)``. When the difference has zero
-    estimated variance the test is degenerate: ``z = 0, p = 1`` if the AUROCs are equal,
-    otherwise ``z = ±inf, p = 0``.
+    Each resample of patients (:func:`bootstrap_ci`'s stratified resampling) is used for both
+    models, so the correlation between their scores is kept; the AUROC difference is recomputed
+    on the images of the resampled patients.
 
     Args:
         labels: 1 for abnormal, 0 for normal, one per image.
         scores_a: anomaly scores of model A.
         scores_b: anomaly scores of model B on the same images, in the same order.
+        groups: patient identifier of each image.
+        n_resamples: number of bootstrap resamples.
+        seed: seed of the random generator; the same seed gives the same result.
+        confidence: coverage of the percentile interval of the difference.
 
     Returns:
-        ``auroc_a``, ``auroc_b``, ``diff`` (A - B), ``ci_low`` and ``ci_high`` (95% normal
-        confidence interval of ``diff``), ``z`` and the two-sided ``p_value``.
+        ``auroc_a``, ``auroc_b``, ``diff`` (A - B on all images), ``ci_low`` and ``ci_high``
+        (percentile interval of the resampled differences) and the two-sided bootstrap
+        ``p_value``: twice the smaller fraction of resampled differences on either side of 0
+        (each count plus one over ``n_resamples + 1``), at most 1.
 
     Raises:
-        ValueError: if the inputs are malformed or there are fewer than two images of a class.
+        ValueError: if an argument is out of range, the inputs are malformed, only one class
+            is present, or every patient has an abnormal image.
 
     """
+    alpha = _check_resampling(n_resamples, confidence)
     y, a = _both_classes(labels, scores_a)
     _, b = _both_classes(y, scores_b)
-    pos, neg = y == 1, y == 0
-    m, n = int(pos.sum()), int(neg.sum())
-    if m < 2 or n < 2:
-        raise ValueError(f"DeLong test needs >= 2 images per class, got {m} abnormal, {n} normal")
-    v10 = np.empty((2, m))
-    v01 = np.empty((2, n))
-    auc = np.empty(2)
-    for k, s in enumerate((a, b)):
-        x_rank, y_rank, z_rank = _midranks(s[pos]), _midranks(s[neg]), _midranks(s)
-        auc[k] = (z_rank[pos].sum() - m * (m + 1) / 2.0) / (m * n)
-        v10[k] = (z_rank[pos] - x_rank) / n
-        v01[k] = 1.0 - (z_rank[neg] - y_rank) / m
-    cov = np.cov(v10) / m + np.cov(v01) / n
-    var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
-    diff = float(auc[0] - auc[1])
-    if var > 0.0:
-        sd = float(np.sqrt(var))
-        z = diff / sd
-        p_value = float(2.0 * norm.sf(abs(z)))
-    else:
-        sd = 0.0
-        z = 0.0 if diff == 0.0 else float(np.copysign(np.inf, diff))
-        p_value = 1.0 if diff == 0.0 else 0.0
-    half_width = float(norm.ppf(0.975)) * sd
+    diffs = np.array(
+        [
+            roc_auc(y[i], a[i]) - roc_auc(y[i], b[i])
+            for i in _patient_resamples(y, groups, n_resamples, seed)
+        ]
+    )
+    low, high = np.quantile(diffs, [alpha / 2.0, 1.0 - alpha / 2.0])
+    tail = min(int(np.sum(diffs <= 0.0)), int(np.sum(diffs >= 0.0)))
+    auroc_a, auroc_b = roc_auc(y, a), roc_auc(y, b)
     return {
-        "auroc_a": float(auc[0]),
-        "auroc_b": float(auc[1]),
-        "diff": diff,
-        "ci_low": diff - half_width,
-        "ci_high": diff + half_width,
-        "z": float(z),
-        "p_value": p_value,
+        "auroc_a": auroc_a,
+        "auroc_b": auroc_b,
+        "diff": auroc_a - auroc_b,
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "p_value": min(1.0, 2.0 * (tail + 1) / (n_resamples + 1)),
     }

@@ -2,8 +2,9 @@
 
 :func:`write_report` turns a :class:`~imgae_dx_jax.results.Comparison` into
 ``figures/*.png``, ``report.md`` (figures linked) and ``report.html`` (figures embedded as
-base64 PNG, no external resources): the headline table with bootstrap intervals, the paired
-DeLong tests, per-finding, subgroup and localization results, split sizes, the data source
+base64 PNG, no external resources): the headline table with bootstrap intervals, the
+validation AUROC of each candidate image score, the paired patient bootstraps between models,
+per-finding, subgroup and localization results, split sizes, the data source
 and every run's config.
 """
 
@@ -19,12 +20,13 @@ from imgae_dx_jax.config import to_dict
 from imgae_dx_jax.report.figures import write_figures
 from imgae_dx_jax.report.tables import (
     Table,
-    delong_rows,
     finding_rows,
     headline_rows,
     html_table,
     localization_rows,
     markdown_table,
+    paired_rows,
+    score_rows,
     split_rows,
     subgroup_rows,
 )
@@ -42,33 +44,44 @@ def _sections(comparison: Comparison) -> list[tuple[str, str, Table]]:
             "Held-out test results",
             f"Image-level results on the test patients. 95% confidence intervals: "
             f"{b['n_resamples']} bootstrap resamples of patients (seed {b['seed']}), stratified "
-            "by whether a patient has an abnormal image. The threshold was chosen on the "
-            "validation split (maximum F1) and applied unchanged; sensitivity, specificity and F1 "
-            "are at that threshold. Best F1 is an oracle tuned on the test labels (an upper "
-            "bound, not an operating point).",
+            "by whether a patient has an abnormal image. The patient-weighted AUROC counts "
+            "each image with weight 1 / (images of its patient). The image score and the "
+            "threshold were chosen on the validation split by the rule shown (the specificity it "
+            "reached there beside it) and applied unchanged; sensitivity, specificity and F1 are "
+            "the test results at that threshold. Best F1 is an oracle tuned on the test labels "
+            "(an upper bound, not an operating point).",
             headline_rows(comparison),
         ),
+        (
+            "Image score (chosen on validation)",
+            "Validation AUROC of each candidate image score: mean = mean of the anomaly map; "
+            "top<k> = mean of the top k% pixels of the 5x5-median-filtered map. With eval.score "
+            "auto the best one is used (ties: the simplest, listed first).",
+            score_rows(comparison),
+        ),
     ]
-    if comparison.delong:
+    if comparison.paired:
         sections.append(
             (
-                "Model comparison (paired DeLong test)",
-                "Difference of test AUROC between two models scored on the same "
-                "images, with its 95% confidence interval and two-sided p-value.",
-                delong_rows(comparison),
+                "Model comparison (paired patient bootstrap)",
+                "Difference of test AUROC between two models scored on the same images, with "
+                f"its 95% percentile interval over {b['n_resamples']} resamples of patients "
+                "(the same resample for both models) and the two-sided bootstrap p-value.",
+                paired_rows(comparison),
             )
         )
     sections += [
         (
             "Per-finding AUROC",
             "Images with each NIH finding (possibly among others) against all normal test "
-            f"images. Values from fewer than {SMALL_N} abnormal images are unreliable.",
+            "images, with 95% patient-bootstrap intervals. Values from fewer than "
+            f"{SMALL_N} abnormal images are unreliable.",
             finding_rows(comparison),
         ),
         (
             "Subgroup AUROC",
-            "Normal vs. abnormal within each view position, sex and age band (– where a "
-            "subgroup lacks a class).",
+            "Normal vs. abnormal within each view position, sex and age band, with 95% "
+            "patient-bootstrap intervals (– where a subgroup lacks a class).",
             subgroup_rows(comparison),
         ),
         (

@@ -113,7 +113,11 @@ def plot_histograms(comparison: Comparison, path: Path) -> None:
             linewidth=1,
             label="threshold (val)",
         )
-        ax.set(title=model.name, xlabel="anomaly score (mean of the map)", ylabel="density")
+        ax.set(
+            title=model.name,
+            xlabel=f"anomaly score ({model.metrics['score']})",
+            ylabel="density",
+        )
         ax.legend(fontsize=8)
     _save(fig, path)
 

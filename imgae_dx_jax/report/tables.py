@@ -24,16 +24,27 @@ def ci_text(value: float, ci: Sequence[float]) -> str:
     return f"{value:.3f} ({ci[0]:.3f}–{ci[1]:.3f})"
 
 
+def ci_cell(value: float | None, ci: Sequence[float] | None) -> str | None:
+    """:func:`ci_text`, the value alone without an interval, None without a value."""
+    if value is None:
+        return None
+    return ci_text(value, ci) if ci is not None else f"{value:.3f}"
+
+
 def headline_rows(comparison: Comparison) -> Table:
     """Per model: AUROC and AUPRC with 95% CIs, FPR@95%TPR, F1 and rates at the val threshold."""
     columns = [
         "model",
         "family",
+        "score (val)",
         "AUROC (95% CI)",
+        "AUROC patient-weighted",
         "AUPRC (95% CI)",
         "FPR@95%TPR",
         "best F1 (oracle)",
-        "threshold (val)",
+        "threshold rule (val)",
+        "threshold",
+        "val specificity",
         "sensitivity",
         "specificity",
         "F1",
@@ -47,11 +58,15 @@ def headline_rows(comparison: Comparison) -> Table:
             [
                 model.name,
                 m["model"],
+                m["score"],
                 ci_text(m["auroc"], m["auroc_ci"]),
+                m["auroc_patient_weighted"],
                 ci_text(m["auprc"], m["auprc_ci"]),
                 m["fpr_at_95_tpr"],
                 m["best_f1"],
+                m["threshold_source"].removeprefix("validation split, "),
                 m["threshold"],
+                m["val_specificity"],
                 m["sensitivity"],
                 m["specificity"],
                 m["f1"],
@@ -62,9 +77,9 @@ def headline_rows(comparison: Comparison) -> Table:
     return columns, rows
 
 
-def delong_rows(comparison: Comparison) -> Table:
-    """Paired DeLong tests: AUROC difference A - B with 95% CI, z and p."""
-    columns = ["A", "B", "images", "AUROC A", "AUROC B", "A − B (95% CI)", "z", "p"]
+def paired_rows(comparison: Comparison) -> Table:
+    """Paired patient bootstraps: AUROC difference A - B with 95% CI and p."""
+    columns = ["A", "B", "images", "AUROC A", "AUROC B", "A − B (95% CI)", "p"]
     rows = [
         [
             d["a"],
@@ -73,12 +88,24 @@ def delong_rows(comparison: Comparison) -> Table:
             d["auroc_a"],
             d["auroc_b"],
             f"{d['diff']:+.3f} ({d['ci_low']:+.3f} to {d['ci_high']:+.3f})",
-            d["z"],
             d["p_value"],
         ]
-        for d in comparison.delong
+        for d in comparison.paired
     ]
     return columns, rows
+
+
+def score_rows(comparison: Comparison) -> Table:
+    """Validation AUROC of every candidate image score, one column per model."""
+    models = comparison.models
+    columns = ["score", *(m.name for m in models)]
+    names = list(models[0].metrics["score_val_auroc"])
+    rows = [[name, *(m.metrics["score_val_auroc"].get(name) for m in models)] for name in names]
+    return columns, rows
+
+
+def _auroc_cell(row: dict[str, Any]) -> str | None:
+    return ci_cell(row["auroc"], row["auroc_ci"])
 
 
 def finding_rows(comparison: Comparison) -> Table:
@@ -92,7 +119,7 @@ def finding_rows(comparison: Comparison) -> Table:
                 row["finding"],
                 row["n_abnormal"],
                 row["n_normal"],
-                *(m.metrics["per_finding"][i]["auroc"] for m in models),
+                *(_auroc_cell(m.metrics["per_finding"][i]) for m in models),
             ]
         )
     return columns, rows
@@ -110,7 +137,7 @@ def subgroup_rows(comparison: Comparison) -> Table:
                 row["value"],
                 row["n_normal"],
                 row["n_abnormal"],
-                *(m.metrics["subgroups"][i]["auroc"] for m in models),
+                *(_auroc_cell(m.metrics["subgroups"][i]) for m in models),
             ]
         )
     return columns, rows
@@ -194,6 +221,7 @@ TRACKED_TABLES: dict[str, Callable[[Comparison], Table]] = {
     "test/headline": headline_rows,
     "test/per_finding": finding_rows,
     "test/subgroups": subgroup_rows,
-    "test/delong": delong_rows,
+    "test/paired_bootstrap": paired_rows,
+    "val/scores": score_rows,
 }
 """The tables logged to the experiment tracker, by their W&B key."""

@@ -67,7 +67,7 @@ def test_two_runs_give_the_full_report(runs, tmp_path, capsys):
         == 0
     )
     printed = capsys.readouterr().out
-    assert "DeLong unet - ae" in printed and "AUROC" in printed
+    assert "unet - ae: AUROC difference" in printed and "paired patient bootstrap" in printed
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["models"]) == {"unet", "ae"}
@@ -76,17 +76,27 @@ def test_two_runs_give_the_full_report(runs, tmp_path, capsys):
         low, high = m["auroc_ci"]
         assert low <= m["auroc"] <= high
         assert m["auprc_ci"][0] <= m["auprc"] <= m["auprc_ci"][1]
-        for key in ("fpr_at_95_tpr", "best_f1", "sensitivity", "specificity", "f1"):
+        for key in (
+            "fpr_at_95_tpr",
+            "best_f1",
+            "sensitivity",
+            "specificity",
+            "f1",
+            "auroc_patient_weighted",
+            "val_specificity",
+        ):
             assert 0.0 <= m[key] <= 1.0, key
+        assert m["score"] in m["score_val_auroc"] and m["threshold_rule"] == "specificity"
+        assert m["val_specificity"] >= m["target_specificity"] == 0.95
         assert len(m["per_finding"]) == 14
         assert sum(r["n_abnormal"] > 0 for r in m["per_finding"]) >= 5
         assert {r["group"] for r in m["subgroups"]} == {"view", "sex", "age"}
         loc = m["localization"]
         assert loc["n_images_with_boxes"] >= 1 and loc["n_boxes"] >= 1
         assert 0.0 <= loc["pixel_auroc"] <= 1.0 and 0.0 <= loc["pointing_game"] <= 1.0
-    (delong,) = metrics["delong"]
-    assert (delong["a"], delong["b"]) == ("unet", "ae")
-    assert 0.0 <= delong["p_value"] <= 1.0 and delong["ci_low"] <= delong["diff"]
+    (paired,) = metrics["paired"]
+    assert (paired["a"], paired["b"]) == ("unet", "ae")
+    assert 0.0 < paired["p_value"] <= 1.0 and paired["ci_low"] <= paired["ci_high"]
     test_counts = metrics["test_split"]
     with (out / "scores.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -108,9 +118,12 @@ def test_two_runs_give_the_full_report(runs, tmp_path, capsys):
         assert f'alt="{figure.name}"' in html
     assert (out / "report.md").is_file()
     assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
-    # The runs' own calibrated thresholds are kept for imgae-predict.
-    for run in runs.values():
-        assert "map_scale" in json.loads((run / "export" / "threshold.json").read_text())
+    # The runs' own calibrations (score, threshold, overlay scale) are kept for imgae-predict.
+    for name, run in runs.items():
+        saved = json.loads((run / "export" / "threshold.json").read_text())
+        assert "map_scale" in saved
+        assert saved["score"] == metrics["models"][name]["score"]
+        assert saved["score_aurocs"] == metrics["models"][name]["score_val_auroc"]
 
 
 def test_runs_with_different_test_splits_are_refused(runs, tmp_path, capsys):

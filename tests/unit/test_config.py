@@ -38,6 +38,9 @@ def test_overrides_apply_in_order_and_coerce_types():
         ("data.stages=[images_013]", "unknown stage 'images_013'"),
         ("data.source=archive", "needs data.path"),
         ("data.split=[0.5,0.5]", "data.split"),
+        ("eval.score=top3", "eval.score: unknown score 'top3'"),
+        ("eval.threshold=accuracy", "eval.threshold: unknown rule 'accuracy'"),
+        ("eval.target_specificity=1", "eval.target_specificity: must be in (0, 1)"),
     ],
 )
 def test_bad_overrides_name_the_key_and_origin(override, fragment):

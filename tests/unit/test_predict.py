@@ -12,10 +12,13 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from imgae_dx_jax.checkpoints import export_model
+from imgae_dx_jax import run_dir as rundir
+from imgae_dx_jax.checkpoints import export_model, restore_model
 from imgae_dx_jax.config import load_config
+from imgae_dx_jax.data.images import decode_image
 from imgae_dx_jax.errors import PredictError
 from imgae_dx_jax.families import create_model
+from imgae_dx_jax.inference import Scorer
 from imgae_dx_jax.predict import find_images, predict
 from imgae_dx_jax.predict import main as predict_main
 
@@ -73,6 +76,24 @@ def test_predict_png_jpeg_rgba_and_a_broken_file(run_dir, images, tmp_path):
     assert rows["broken.png"]["error"] and not rows["broken.png"]["score"]
     assert rows["a.png"]["prediction"] in ("normal", "abnormal")
     assert float(rows["a.png"]["threshold"]) == pytest.approx(0.3)
+
+
+def test_predict_uses_the_score_chosen_on_validation(run_dir, images, tmp_path):
+    """The calibration's image score (here top5 of the median-filtered map) is what predict uses."""
+    config = rundir.load_export_config(run_dir)
+    model = restore_model(run_dir, config)
+    path = run_dir / "export" / "threshold.json"
+    saved = path.read_text()
+    calibration = rundir.Calibration(0.3, 0.5, "top5", "maximum F1", {})
+    rundir.write_calibration(run_dir, calibration, n_val_images=4)
+    try:
+        (result,) = predict([images / "a.png"], run_dir, tmp_path / "out")
+    finally:
+        path.write_text(saved)
+    image = decode_image((images / "a.png").read_bytes(), config.data.image_size)[None, ..., None]
+    expected = Scorer(model, config).select("top5")(image)
+    assert result.score == pytest.approx(float(expected.scores[0]), rel=1e-6)
+    assert result.score != pytest.approx(float(expected.candidates[0, 0]), rel=1e-6)  # not mean
 
 
 def test_same_names_in_different_folders_get_distinct_overlays(run_dir, images, tmp_path):

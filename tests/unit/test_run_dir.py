@@ -50,9 +50,15 @@ def test_calibration_round_trip_and_errors(tmp_path):
     with pytest.raises(RunError, match="no validation threshold yet"):
         rundir.load_calibration(tmp_path)
     rundir.export_dir(tmp_path).mkdir()
-    rundir.write_calibration(tmp_path, rundir.Calibration(0.25, 0.5), n_val_images=10)
-    assert rundir.load_calibration(tmp_path) == rundir.Calibration(0.25, 0.5)
+    calibration = rundir.Calibration(0.25, 0.5, "top5", "maximum F1", {"mean": 0.6, "top5": 0.7})
+    rundir.write_calibration(tmp_path, calibration, n_val_images=10)
+    assert rundir.load_calibration(tmp_path) == calibration
     path = rundir.export_dir(tmp_path) / "threshold.json"
+    # Before the image score was chosen: the maximum-F1 threshold of the mean score.
+    path.write_text(json.dumps({"threshold": 0.25, "map_scale": 0.5}))
+    assert rundir.load_calibration(tmp_path) == rundir.Calibration(
+        0.25, 0.5, "mean", "maximum F1", {}
+    )
     path.write_text(json.dumps({"threshold": 0.25}))
     with pytest.raises(RunError, match="older version"):
         rundir.load_calibration(tmp_path)

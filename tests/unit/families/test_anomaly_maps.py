@@ -8,7 +8,6 @@ from imgae_dx_jax.config import load_config
 from imgae_dx_jax.families import anomaly_maps, create_model
 from imgae_dx_jax.families.losses import gaussian_blur
 from imgae_dx_jax.families.ra import encoder_saliency
-from imgae_dx_jax.inference import image_scores
 
 SIZE = 16
 SMALL = {
@@ -44,11 +43,6 @@ def test_anomaly_maps(name):
     assert all(np.array_equal(a, b) for a, b in zip(state_before, state_after, strict=True))
     if name == "ra":
         assert model.encoder.stem_bn.use_running_average is False
-
-
-def test_image_scores_are_map_means():
-    maps = jax.random.uniform(jax.random.key(0), (3, 8, 8))
-    np.testing.assert_allclose(image_scores(maps), np.asarray(maps).mean(axis=(1, 2)), rtol=1e-6)
 
 
 def test_saliency_is_zero_for_identical_embeddings():

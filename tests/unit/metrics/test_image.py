@@ -6,21 +6,22 @@ import json
 
 import numpy as np
 import pytest
-from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from imgae_dx_jax.metrics import (
     average_precision,
     best_f1,
     bootstrap_ci,
-    delong_test,
     fpr_at_tpr,
     image_metrics,
     localization_metrics,
+    paired_bootstrap,
+    patient_weighted_auroc,
     rates_at,
     roc_auc,
     select_threshold,
 )
+from imgae_dx_jax.metrics.image import weighted_roc_auc
 
 
 def _random_case(seed: int, n: int = 200, ties: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +57,17 @@ def test_average_precision_hand_case() -> None:
     assert average_precision([1, 0, 1], [1.0, 0.8, 0.6]) == pytest.approx(0.5 + 1 / 3)
 
 
-@pytest.mark.parametrize("fn", [roc_auc, average_precision, fpr_at_tpr, best_f1, select_threshold])
+def _f1_rule(labels, scores):
+    return select_threshold(labels, scores, "f1")
+
+
+def _youden_rule(labels, scores):
+    return select_threshold(labels, scores, "youden")
+
+
+@pytest.mark.parametrize(
+    "fn", [roc_auc, average_precision, fpr_at_tpr, best_f1, _f1_rule, _youden_rule]
+)
 @pytest.mark.parametrize("labels", [[0, 0, 0], [1, 1, 1]])
 def test_single_class_raises(fn, labels: list[int]) -> None:
     with pytest.raises(ValueError, match=r"only .* images present"):
@@ -67,7 +78,7 @@ def test_single_class_raises_for_threshold_metrics() -> None:
     with pytest.raises(ValueError, match="only normal"):
         rates_at([0, 0], [0.1, 0.2], 0.15)
     with pytest.raises(ValueError, match="only abnormal"):
-        image_metrics([1, 1], [0.1, 0.2], 0.15)
+        image_metrics([1, 1], [0.1, 0.2], [0, 1], 0.15)
 
 
 @pytest.mark.parametrize(
@@ -124,7 +135,7 @@ def test_best_f1_and_select_threshold_hand_case() -> None:
     f1, threshold = best_f1(labels, scores)
     assert f1 == pytest.approx(6 / 7)
     assert threshold == 0.6
-    assert select_threshold(labels, scores) == 0.6
+    assert select_threshold(labels, scores, "f1") == 0.6
     assert rates_at(labels, scores, threshold)["f1"] == pytest.approx(f1)
 
 
@@ -135,7 +146,7 @@ def test_best_f1_ties_resolve_to_lowest_threshold() -> None:
     f1, threshold = best_f1(labels, scores)
     assert f1 == pytest.approx(2 / 3)
     assert threshold == 0.4
-    assert select_threshold(labels, scores) == 0.4
+    assert select_threshold(labels, scores, "f1") == 0.4
 
 
 def test_best_f1_is_max_of_rates_at_f1() -> None:
@@ -182,9 +193,11 @@ def test_image_metrics_keys_ranges_and_json() -> None:
     val_labels, val_scores = _random_case(10)
     labels, scores = _random_case(11, n=150)
     threshold = select_threshold(val_labels, val_scores)
-    result = image_metrics(labels, scores, threshold)
+    groups = np.arange(labels.size) // 2
+    result = image_metrics(labels, scores, groups, threshold)
     assert set(result) == {
         "auroc",
+        "auroc_patient_weighted",
         "auprc",
         "fpr_at_95_tpr",
         "best_f1",
@@ -206,6 +219,7 @@ def test_image_metrics_keys_ranges_and_json() -> None:
     assert result["n_abnormal"] == int(np.sum(labels))
     assert result["threshold"] == threshold
     assert result["auroc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert result["auroc_patient_weighted"] == patient_weighted_auroc(labels, scores, groups)
     assert result["f1"] <= result["best_f1"]  # the test-tuned oracle bounds the honest F1
     assert result["sensitivity"] == rates_at(labels, scores, threshold)["sensitivity"]
 
@@ -332,97 +346,82 @@ def test_bootstrap_rejects_when_no_patient_is_all_normal() -> None:
         bootstrap_ci([1, 0, 1], [0.9, 0.1, 0.8], [0, 1, 1], roc_auc)
 
 
-# --- delong_test -----------------------------------------------------------------------------
+# --- paired_bootstrap ------------------------------------------------------------------------
 
 
-def _delong_reference(labels, scores_a, scores_b) -> tuple[np.ndarray, float]:
-    """Direct O(n^2) DeLong structural components: AUROCs and the variance of A - B."""
-    labels = np.asarray(labels)
-    aucs, v10s, v01s = [], [], []
-    for s in (np.asarray(scores_a, float), np.asarray(scores_b, float)):
-        x, y = s[labels == 1], s[labels == 0]
-        psi = (x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])
-        aucs.append(psi.mean())
-        v10s.append(psi.mean(axis=1))
-        v01s.append(psi.mean(axis=0))
-    m, n = len(v10s[0]), len(v01s[0])
-    s10 = np.cov(np.array(v10s))  # 1/(m-1) normalisation, as in DeLong (1988)
-    s01 = np.cov(np.array(v01s))
-    cov = s10 / m + s01 / n
-    return np.array(aucs), float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-
-
-def test_delong_identical_scores() -> None:
-    labels, scores = _random_case(20)
-    result = delong_test(labels, scores, scores)
+def test_paired_bootstrap_identical_models_give_exactly_zero() -> None:
+    labels, scores, groups = _patients(1, 60)
+    result = paired_bootstrap(labels, scores, scores, groups, n_resamples=200, seed=3)
     assert result["diff"] == 0.0
-    assert result["z"] == 0.0
-    assert result["p_value"] == 1.0
     assert result["ci_low"] == result["ci_high"] == 0.0
-    assert result["auroc_a"] == result["auroc_b"] == pytest.approx(roc_auc(labels, scores))
+    assert result["p_value"] == 1.0
+    assert result["auroc_a"] == result["auroc_b"] == roc_auc(labels, scores)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_delong_matches_direct_structural_components(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, 90)
-    scores_a = np.round(rng.normal(size=90) + labels, 1)  # ties within and across classes
-    scores_b = np.round(0.6 * scores_a + rng.normal(size=90) + 0.3 * labels, 1)
-    aucs, var = _delong_reference(labels, scores_a, scores_b)
-    result = delong_test(labels, scores_a, scores_b)
-    assert result["auroc_a"] == pytest.approx(aucs[0], abs=1e-12)
-    assert result["auroc_b"] == pytest.approx(aucs[1], abs=1e-12)
-    assert result["diff"] == pytest.approx(aucs[0] - aucs[1], abs=1e-12)
-    assert result["z"] == pytest.approx((aucs[0] - aucs[1]) / np.sqrt(var), rel=1e-9)
-    assert result["p_value"] == pytest.approx(2 * norm.sf(abs(result["z"])), rel=1e-9)
-    half = norm.ppf(0.975) * np.sqrt(var)
-    assert result["ci_low"] == pytest.approx(result["diff"] - half, rel=1e-9)
-    assert result["ci_high"] == pytest.approx(result["diff"] + half, rel=1e-9)
+def test_paired_bootstrap_separating_model_beats_noise() -> None:
+    labels, _, groups = _patients(2, 80)
+    rng = np.random.default_rng(0)
+    perfect = labels + rng.random(labels.size) * 0.5  # every abnormal above every normal
+    noise = rng.random(labels.size)
+    result = paired_bootstrap(labels, perfect, noise, groups, n_resamples=500, seed=0)
+    assert result["auroc_a"] == 1.0
+    assert result["diff"] == pytest.approx(1.0 - roc_auc(labels, noise))
+    assert 0.0 < result["ci_low"] <= result["diff"] <= result["ci_high"]
+    assert result["p_value"] == pytest.approx(2 / 501)  # no resample at or below 0
+    swapped = paired_bootstrap(labels, noise, perfect, groups, n_resamples=500, seed=0)
+    assert swapped["diff"] == -result["diff"]
+    assert (swapped["ci_low"], swapped["ci_high"]) == pytest.approx(
+        (-result["ci_high"], -result["ci_low"])
+    )
 
 
-def test_delong_detects_a_clearly_better_model_and_is_antisymmetric() -> None:
-    rng = np.random.default_rng(7)
-    labels = rng.integers(0, 2, 200)
-    good = rng.normal(size=200) + 2.0 * labels
-    weak = rng.normal(size=200) + 0.3 * labels
-    result = delong_test(labels, good, weak)
-    assert all(type(value) is float for value in result.values())  # JSON-ready Python floats
-    assert result["diff"] > 0.2
-    assert result["p_value"] < 0.01
-    assert 0.0 < result["ci_low"] < result["diff"] < result["ci_high"]
-    swapped = delong_test(labels, weak, good)
-    assert swapped["diff"] == pytest.approx(-result["diff"])
-    assert swapped["z"] == pytest.approx(-result["z"])
-    assert swapped["p_value"] == pytest.approx(result["p_value"])
+def test_paired_bootstrap_is_seeded_and_resamples_patients() -> None:
+    labels, scores, groups = _patients(4, 100)
+    other = scores + np.random.default_rng(9).normal(size=scores.size)
+    first = paired_bootstrap(labels, scores, other, groups, n_resamples=200, seed=1)
+    assert first == paired_bootstrap(labels, scores, other, groups, n_resamples=200, seed=1)
+    assert first != paired_bootstrap(labels, scores, other, groups, n_resamples=200, seed=2)
+    # One patient per image resamples differently from the real patients.
+    by_image = np.arange(labels.size)
+    assert first != paired_bootstrap(labels, scores, other, by_image, n_resamples=200, seed=1)
 
 
-def test_delong_is_calibrated_under_the_null() -> None:
-    # Two correlated models of equal quality: about 5% of tests should reject at 0.05.
-    rng = np.random.default_rng(8)
-    rejections = 0
-    trials = 400
-    for _ in range(trials):
-        labels = np.r_[np.zeros(40, int), np.ones(40, int)]
-        shared = rng.normal(size=80)
-        a = shared + rng.normal(size=80) + labels
-        b = shared + rng.normal(size=80) + labels
-        rejections += delong_test(labels, a, b)["p_value"] < 0.05
-    assert 0.02 <= rejections / trials <= 0.09
-
-
-def test_delong_zero_variance_with_different_aucs() -> None:
-    labels = [0, 0, 1, 1]
-    result = delong_test(labels, [0, 0, 1, 1], [5, 5, 5, 5])  # perfect vs constant
-    assert result["diff"] == 0.5
-    assert result["z"] == np.inf
-    assert result["p_value"] == 0.0
-
-
-def test_delong_needs_two_per_class() -> None:
-    with pytest.raises(ValueError, match=">= 2 images per class"):
-        delong_test([0, 0, 1], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])
+def test_paired_bootstrap_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="n_resamples"):
+        paired_bootstrap([0, 1], [0.1, 0.2], [0.2, 0.1], [0, 1], n_resamples=0)
     with pytest.raises(ValueError, match="differ in length"):
-        delong_test([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4], [0.3, 0.2, 0.1])
+        paired_bootstrap([0, 1], [0.1, 0.2], [0.2], [0, 1])
+
+
+# --- patient-weighted AUROC ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_weighted_roc_auc_matches_sklearn_sample_weights(seed: int) -> None:
+    labels, scores = _random_case(seed)
+    weights = np.random.default_rng(seed).random(labels.size) + 0.1
+    expected = roc_auc_score(labels, scores, sample_weight=weights)
+    assert weighted_roc_auc(labels, scores, weights) == pytest.approx(expected, abs=1e-12)
+    assert weighted_roc_auc(labels, scores, np.ones(labels.size)) == pytest.approx(
+        roc_auc(labels, scores), abs=1e-12
+    )
+
+
+def test_patient_weighted_auroc_counts_each_patient_once() -> None:
+    # Patient 0 (abnormal, score 0.2) has 5 identical images; the others one each.
+    labels = np.array([1] * 5 + [1, 0, 0])
+    scores = np.array([0.2] * 5 + [0.9, 0.5, 0.1])
+    groups = np.array([0] * 5 + [1, 2, 3])
+    unique = roc_auc([1, 1, 0, 0], [0.2, 0.9, 0.5, 0.1])  # one image per patient: 0.75
+    assert patient_weighted_auroc(labels, scores, groups) == pytest.approx(unique)
+    assert roc_auc(labels, scores) != pytest.approx(unique)  # the plain AUROC is pulled down
+    with pytest.raises(ValueError, match="one patient per image"):
+        patient_weighted_auroc(labels, scores, groups[:3])
+
+
+def test_weighted_roc_auc_rejects_bad_weights() -> None:
+    with pytest.raises(ValueError, match="positive finite"):
+        weighted_roc_auc([0, 1], [0.1, 0.2], [1.0, 0.0])
 
 
 # --- localization_metrics --------------------------------------------------------------------

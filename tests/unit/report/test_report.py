@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from imgae_dx_jax.config import load_config
 from imgae_dx_jax.data.nih import FINDINGS, Catalog, Record
 from imgae_dx_jax.evaluation import compare, select_examples
-from imgae_dx_jax.metrics import average_precision, image_metrics, roc_auc
+from imgae_dx_jax.metrics import average_precision, bootstrap_ci, image_metrics, roc_auc
 from imgae_dx_jax.metrics.breakdown import age_band, per_finding, subgroups
 from imgae_dx_jax.metrics.curves import (
     bootstrap_band,
@@ -149,7 +149,7 @@ def test_bootstrap_band_is_reproducible_and_brackets_the_estimate():
 
 def test_per_finding_subgroups_and_age_bands():
     split = synthetic_split(2)
-    rows = per_finding(split)
+    rows = per_finding(split, 200, 4)
     assert [r["finding"] for r in rows] == list(FINDINGS)
     normal = int((split.labels == 0).sum())
     for row in rows:
@@ -157,7 +157,19 @@ def test_per_finding_subgroups_and_age_bands():
         assert row["n_abnormal"] == has.sum() and row["n_normal"] == normal
         keep = has | (split.labels == 0)
         assert row["auroc"] == pytest.approx(roc_auc_score(split.labels[keep], split.scores[keep]))
-    groups = subgroups(split)
+        expected_ci = bootstrap_ci(
+            split.labels[keep],
+            split.scores[keep],
+            split.patients[keep],
+            roc_auc,
+            n_resamples=200,
+            seed=4,
+        )
+        assert row["auroc_ci"] == list(expected_ci)
+        assert row["auroc_ci"][0] <= row["auroc"] <= row["auroc_ci"][1]
+    groups = subgroups(split, 200, 4)
+    assert all(r["auroc_ci"] is None for r in groups if r["auroc"] is None)
+    assert all(r["auroc_ci"][0] < r["auroc_ci"][1] for r in groups if r["auroc"] is not None)
     assert {r["group"] for r in groups} == {"view", "sex", "age"}
     assert sum(r["n_normal"] + r["n_abnormal"] for r in groups if r["group"] == "sex") == 80
     assert [age_band(a) for a in (0, 17, 18, 59, 60, 95, -1)] == [
@@ -198,7 +210,7 @@ def fake_result(name: str, seed: int, run_dir: Path) -> ModelResult:
     test = synthetic_split(seed, with_maps=True)
     val = synthetic_split(seed + 100)
     threshold = float(np.median(val.scores))
-    metrics = image_metrics(test.labels, test.scores, threshold)
+    metrics = image_metrics(test.labels, test.scores, test.patients, threshold)
     auroc_ci, roc_low, roc_high = bootstrap_band(test, roc_auc, roc_at, 1000, 0)
     auprc_ci, pr_low, pr_high = bootstrap_band(test, average_precision, precision_at, 1000, 0)
     key = test.records[4].key
@@ -208,8 +220,13 @@ def fake_result(name: str, seed: int, run_dir: Path) -> ModelResult:
         model="unet",
         auroc_ci=list(auroc_ci),
         auprc_ci=list(auprc_ci),
-        per_finding=per_finding(test),
-        subgroups=subgroups(test),
+        score="top5",
+        score_setting="auto",
+        score_val_auroc={"mean": 0.6, "top5": 0.7},
+        threshold_source="validation split, 95% specificity on normals",
+        val_specificity=0.95,
+        per_finding=per_finding(test, 200, 0),
+        subgroups=subgroups(test, 200, 0),
         localization=localization(subset(test, [4]), catalog, SIZE),
         data="synthetic",
         skipped={"val": {}, "test": {"corrupt": 1}},
@@ -245,7 +262,7 @@ def test_report_files_exist_and_the_html_embeds_every_figure(tmp_path):
     models = [fake_result("unet", 0, tmp_path / "unet"), fake_result("ra", 1, tmp_path / "ra")]
     comparison = Comparison(
         models,
-        compare(models),
+        compare(models, 200, 0),
         "synthetic data",
         {"n_resamples": 1000, "seed": 0},
         tmp_path / "report",
@@ -272,7 +289,10 @@ def test_report_files_exist_and_the_html_embeds_every_figure(tmp_path):
     assert not re.search(r'src="(?!data:)', html)  # self-contained: nothing external
     for text in (
         "AUROC (95% CI)",
-        "DeLong",
+        "paired patient bootstrap",
+        "95% specificity on normals",
+        "top5",
+        "patient-weighted",
         "Per-finding",
         "Subgroup",
         "Localization",
@@ -282,4 +302,4 @@ def test_report_files_exist_and_the_html_embeds_every_figure(tmp_path):
         "noise_std",
     ):
         assert text in html and text in markdown, text
-    assert comparison.delong[0]["n_images"] == 80
+    assert comparison.paired[0]["n_images"] == 80

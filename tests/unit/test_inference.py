@@ -1,0 +1,73 @@
+"""The candidate image scores of imgae_dx_jax.inference and the median filter behind them."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from scipy.ndimage import median_filter as scipy_median
+
+from imgae_dx_jax.config import load_config
+from imgae_dx_jax.families import create_model
+from imgae_dx_jax.inference import Scorer, candidate_scores, median_filter, top_mean, uses_median
+from imgae_dx_jax.schema import SCORES
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (2, 7, 9), (1, 5, 5)])
+def test_median_filter_equals_scipy(shape: tuple[int, int, int]) -> None:
+    maps = np.random.default_rng(sum(shape)).random(shape).astype(np.float32)
+    expected = scipy_median(maps, size=(1, 5, 5), mode="reflect")
+    np.testing.assert_allclose(np.asarray(median_filter(jnp.asarray(maps))), expected)
+
+
+def test_median_filter_removes_an_isolated_spike_but_keeps_a_blob() -> None:
+    maps = np.zeros((1, 16, 16), np.float32)
+    maps[0, 3, 3] = 10.0  # one hot pixel: noise
+    maps[0, 8:14, 8:14] = 1.0  # a 6x6 lesion
+    filtered = np.asarray(median_filter(jnp.asarray(maps)))
+    assert filtered[0, 3, 3] == 0.0
+    assert filtered[0, 10, 10] == 1.0
+
+
+def test_top_mean_and_the_candidates() -> None:
+    rng = np.random.default_rng(0)
+    maps = rng.random((2, 20, 20)).astype(np.float32)  # 400 pixels
+    flat = np.sort(maps.reshape(2, -1), axis=1)
+    np.testing.assert_allclose(top_mean(jnp.asarray(maps), 10), flat[:, -40:].mean(1), rtol=1e-6)
+    np.testing.assert_allclose(top_mean(jnp.asarray(maps), 0.01), flat[:, -1], rtol=1e-6)
+    filtered = scipy_median(maps, size=(1, 5, 5), mode="reflect")
+    scores = np.asarray(candidate_scores(jnp.asarray(maps), jnp.asarray(filtered)))
+    assert scores.shape == (2, len(SCORES))
+    sorted_filtered = np.sort(filtered.reshape(2, -1), axis=1)
+    for i, name in enumerate(SCORES):
+        if name == "mean":
+            expected = maps.mean(axis=(1, 2))
+        else:
+            k = round(400 * int(name[3:]) / 100)
+            expected = sorted_filtered[:, -k:].mean(1)
+        np.testing.assert_allclose(scores[:, i], expected, rtol=1e-5, err_msg=name)
+    assert [uses_median(n) for n in SCORES] == [False] + [True] * (len(SCORES) - 1)
+
+
+def test_scorer_reports_the_selected_candidate_and_its_maps() -> None:
+    config = load_config(
+        overrides=[
+            "model.name=ae",
+            "model.ae.widths=[4,8]",
+            "data.image_size=16",
+            "eval.batch_size=2",
+        ]
+    )
+    model = create_model(config.model, 16, rngs=nnx.Rngs(0))
+    images = np.random.default_rng(0).integers(0, 255, (3, 16, 16, 1), dtype=np.uint8)
+    plain = Scorer(model, config)(images, keep_maps=True)
+    top = Scorer(model, config).select("top5")(images, keep_maps=True)
+    assert plain.maps is not None and top.maps is not None
+    np.testing.assert_allclose(plain.scores, plain.maps.mean(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_array_equal(plain.candidates, top.candidates)
+    np.testing.assert_array_equal(top.scores, top.candidates[:, SCORES.index("top5")])
+    expected_maps = scipy_median(plain.maps, size=(1, 5, 5), mode="reflect")
+    np.testing.assert_allclose(top.maps, expected_maps, rtol=1e-6)
+    np.testing.assert_allclose(top.peaks, expected_maps.max(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(plain.peaks, plain.maps.max(axis=(1, 2)), rtol=1e-6)
