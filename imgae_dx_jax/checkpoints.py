@@ -167,6 +167,22 @@ class Checkpoints:
             return step, {name: restored[name] for name in ("model", "opt", "meta")}
         raise CheckpointError(f"no readable checkpoint in {self.directory}")
 
+    def latest_meta(self) -> dict[str, Any] | None:
+        """The metadata of the newest checkpoint whose metadata reads, or None without one.
+
+        Cheap (no arrays are read): it tells training where it stands before the model and
+        optimisers exist; :meth:`restore_latest` remains the authority on what is restored.
+        """
+        for step in reversed(self.steps()):
+            try:
+                restored = self._manager.restore(
+                    step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+                )
+            except Exception:
+                continue
+            return dict(restored["meta"])
+        return None
+
     def restore_iterator(self, step: int, data_iter: grain.DatasetIterator) -> None:
         """Restore the grain iterator state of checkpoint ``step`` into ``data_iter``."""
         self._manager.restore(

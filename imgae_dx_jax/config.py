@@ -25,13 +25,16 @@ from imgae_dx_jax.errors import ConfigError
 from imgae_dx_jax.schema import (
     FAST_PATHS,
     INTENSITIES,
+    LR_SCHEDULES,
     MODELS,
+    OPTIMIZERS,
     PRECISIONS,
     SCORES,
     SOURCES,
     STAGES,
     THRESHOLD_RULES,
     UNET_MODES,
+    UNET_NOISES,
     WANDB_MODES,
     Config,
 )
@@ -205,6 +208,8 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
             fail("model.unet.groups", f"{m.unet.groups} groups do not divide {w} channels")
     if not 1 <= m.unet.noise_resolution <= d.image_size:
         fail("model.unet.noise_resolution", f"must be between 1 and the image size {d.image_size}")
+    if m.unet.noise not in UNET_NOISES:
+        fail("model.unet.noise", f"unknown noise {m.unet.noise!r}; choose {', '.join(UNET_NOISES)}")
     if m.ae.latent_dim < 1 or m.ra.zdim < 1:
         fail("model.ae.latent_dim" if m.ae.latent_dim < 1 else "model.ra.zdim", "must be >= 1")
     for key, value in (
@@ -222,6 +227,15 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
         fail(key, "must be >= 0 (0 = off)")
     if t.keep_checkpoints < 1:
         fail("train.keep_checkpoints", "must be >= 1")
+    if t.optimizer not in OPTIMIZERS:
+        fail("train.optimizer", f"unknown value {t.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
+    if t.weight_decay < 0:
+        fail("train.weight_decay", "must be >= 0")
+    if t.lr_schedule not in LR_SCHEDULES:
+        fail(
+            "train.lr_schedule",
+            f"unknown schedule {t.lr_schedule!r}; choose {', '.join(LR_SCHEDULES)}",
+        )
     if t.precision not in PRECISIONS:
         fail(
             "train.precision",

@@ -46,7 +46,7 @@ EXPORT = "export"
 EXPORT_MODEL = "model"
 THRESHOLD = "threshold.json"
 RESUME_MODES = ("auto", "never")
-_SAFE_MODEL_KEYS = ("learning_rate",)
+_SAFE_MODEL_KEYS = ("learning_rate", "noise_roll", "noise")
 _LEGACY_VALUES = {("data", "intensity"): "none"}
 """Settings whose behaviour before they existed differs from their default today: a run made
 before them gets these values, not the defaults."""
@@ -191,6 +191,10 @@ def identity_settings(config: Config) -> dict[str, Any]:
             "data.official_split": config.data.official_split,
             "train.batch_size": config.train.batch_size,
             "train.seed": config.train.seed,
+            # they decide the optimiser state's structure
+            "train.optimizer": config.train.optimizer,
+            "train.weight_decay": config.train.weight_decay,
+            "train.lr_schedule": config.train.lr_schedule,
         }
     )
     return out

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 MODELS = ("unet", "ra", "ae")
 SOURCES = ("sample", "archive", "folder", "url", "kaggle", "imagefolder")
 UNET_MODES = ("denoising", "reconstruction")
+UNET_NOISES = ("coarse", "patch", "both")
+OPTIMIZERS = ("adam", "adamw", "amsgrad")
+LR_SCHEDULES = ("constant", "cosine")
 STAGES = tuple(f"images_{i:03d}" for i in range(1, 13))
 WANDB_MODES = ("online", "offline", "disabled")
 FAST_PATHS = ("auto", "always", "never")
@@ -86,8 +89,14 @@ class UNetConfig:
     """Side of the low-resolution Gaussian noise grid before bilinear upsampling."""
     noise_std: float
     """Standard deviation of the coarse noise."""
+    noise_roll: bool
+    """Roll the upsampled coarse noise by a random offset in x and y per batch, as Kascenas
+    et al. do, so its grid is not aligned with the image grid."""
+    noise: str
+    """Denoising corruption: ``coarse`` (coarse noise), ``patch`` (foreign patch
+    interpolation: a rectangle of another image of the batch blended in) or ``both``."""
     learning_rate: float
-    """Adam learning rate."""
+    """Learning rate (optimiser: ``train.optimizer``)."""
 
     @property
     def downsamplings(self) -> int:
@@ -112,7 +121,7 @@ class RAConfig:
     saliency_sigma: float
     """Gaussian smoothing (pixels) of the encoder-discrepancy saliency map."""
     learning_rate: float
-    """Adam learning rate of both the encoder and the decoder optimiser."""
+    """Learning rate of both the encoder and the decoder optimiser."""
 
     @property
     def downsamplings(self) -> int:
@@ -128,8 +137,11 @@ class AEConfig:
     """Channels of the strided-conv encoder levels (mirrored by the decoder)."""
     latent_dim: int
     """Size of the dense bottleneck."""
+    uncertainty: bool
+    """Decode a per-pixel log-variance too, train with the Gaussian NLL and map
+    ``(x - mu)^2 / exp(logvar)`` (Mao et al., MICCAI 2020)."""
     learning_rate: float
-    """Adam learning rate."""
+    """Learning rate (optimiser: ``train.optimizer``)."""
 
     @property
     def downsamplings(self) -> int:
@@ -164,7 +176,8 @@ class TrainConfig:
     batch_size: int
     seed: int
     max_steps: int
-    """Stop after this many optimiser steps in total; 0 means no limit."""
+    """The step budget: stop after this many optimiser steps in total (a cosine schedule
+    decays to 0 at it); 0 means ``epochs`` times the steps per epoch of every stage."""
     log_every: int
     """Write a line to ``metrics.jsonl`` every this many steps."""
     checkpoint_every_steps: int
@@ -176,6 +189,12 @@ class TrainConfig:
     shard_params: bool
     """Shard parameters and optimiser state over the devices (FSDP style) instead of
     replicating them: for models too large to hold on every device."""
+    optimizer: str
+    """``adam``, ``adamw`` (decoupled weight decay) or ``amsgrad``, for every family."""
+    weight_decay: float
+    """Weight decay (L2 on the gradient for adam/amsgrad, decoupled for adamw)."""
+    lr_schedule: str
+    """``constant``, or ``cosine``: decay to 0 over the step budget (``max_steps``)."""
     precision: str = "auto"
     """Computation dtype of the convolutions and linear layers while training: ``float32``,
     ``bf16`` (bfloat16) with float32 parameters, optimiser state, losses and outputs, or

@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imgae_dx_jax.families import ae, ra, unet
+from imgae_dx_jax.families import ae, optim, ra, unet
 from imgae_dx_jax.families.base import Family, Metrics, Optimizers
 from imgae_dx_jax.families.losses import eval_view
 from imgae_dx_jax.models import use_fast_path
-from imgae_dx_jax.schema import ModelConfig
+from imgae_dx_jax.schema import ModelConfig, TrainConfig
 
 FAMILIES: dict[str, Family] = {"unet": unet.FAMILY, "ra": ra.FAMILY, "ae": ae.FAMILY}
 """Every model family by its ``model.name``."""
@@ -43,7 +43,7 @@ class Objective:
     """How the configured family is trained and validated, its hyper-parameters bound.
 
     Attributes:
-        create_optimizers: model -> named Adam optimisers (``{"model": ...}`` for unet and ae,
+        create_optimizers: model -> named optimisers (``{"model": ...}`` for unet and ae,
             ``{"encoder": ..., "decoder": ...}`` for ra).
         train_step: (model, optimizers, batch, key) -> scalar metrics including ``"loss"``;
             one optimisation step in train mode, mutating model and optimisers in place.
@@ -56,16 +56,27 @@ class Objective:
     eval_losses: Callable[[nnx.Module, jax.Array, jax.Array], Metrics]
 
 
-def get_objective(cfg: ModelConfig) -> Objective:
+def get_objective(cfg: ModelConfig, train: TrainConfig, total_steps: int) -> Objective:
     """Return the :class:`Objective` of the family ``cfg.name`` with its section bound.
+
+    Args:
+        cfg: the model configuration.
+        train: the training configuration (its optimiser, weight decay and LR schedule, see
+            :mod:`~imgae_dx_jax.families.optim`).
+        total_steps: the run's step budget, over which a cosine schedule decays to 0.
 
     Raises:
         ValueError: for an unknown family name.
     """
     family = get_family(cfg.name)
     section = cfg.family
+    make_transform = partial(optim.transform, train, total_steps)
+
+    def create_optimizers(model: nnx.Module) -> Optimizers:
+        return family.optimizers(section, model, make_transform)
+
     return Objective(
-        create_optimizers=partial(family.optimizers, section),
+        create_optimizers=create_optimizers,
         train_step=partial(family.train_step, section),
         eval_losses=partial(family.eval_losses, section),
     )

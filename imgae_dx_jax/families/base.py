@@ -16,12 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import optax
 from flax import nnx
 
 Metrics = dict[str, jax.Array]
 """Scalar losses and terms of one step, by name (always with ``"loss"``)."""
 Optimizers = dict[str, nnx.Optimizer]
 """A family's optimisers, by name (``{"model": ...}`` or ``{"encoder": ..., "decoder": ...}``)."""
+MakeTransform = Callable[[float], optax.GradientTransformation]
+"""learning rate -> the configured optax transformation
+(:func:`~imgae_dx_jax.families.optim.transform`)."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,8 @@ class Family:
         build: (cfg, image_size, fast, dtype, rngs) -> the freshly initialised model, in
             training mode (``fast``: :func:`imgae_dx_jax.models.use_fast_path`; ``dtype``: the
             computation dtype, see :func:`imgae_dx_jax.models.compute_dtype`).
-        optimizers: (cfg, model) -> the named Adam optimisers.
+        optimizers: (cfg, model, make_transform) -> the named optimisers, each built with
+            ``make_transform(cfg.learning_rate)`` (:data:`MakeTransform`).
         train_step: (cfg, model, optimizers, batch, key) -> metrics including ``"loss"``;
             one optimisation step in train mode, mutating model and optimisers in place.
         eval_losses: (cfg, model, batch, key) -> metrics including ``"loss"``, the
@@ -42,7 +47,7 @@ class Family:
     """
 
     build: Callable[[Any, int, bool, Any, nnx.Rngs], nnx.Module]
-    optimizers: Callable[[Any, nnx.Module], Optimizers]
+    optimizers: Callable[[Any, nnx.Module, MakeTransform], Optimizers]
     train_step: Callable[[Any, nnx.Module, Optimizers, jax.Array, jax.Array], Metrics]
     eval_losses: Callable[[Any, nnx.Module, jax.Array, jax.Array], Metrics]
     anomaly_map: Callable[[Any, nnx.Module, jax.Array], tuple[jax.Array, jax.Array]]

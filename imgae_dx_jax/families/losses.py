@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -23,23 +25,34 @@ def eval_view(model: nnx.Module) -> nnx.Module:
     return nnx.view(model, use_running_average=True, raise_if_not_found=False)
 
 
-def single_optimizer(model: nnx.Module, learning_rate: float) -> Optimizers:
-    """One Adam optimiser over all parameters, named ``model``."""
-    return {"model": nnx.Optimizer(model, optax.adam(learning_rate), wrt=nnx.Param)}
+def single_optimizer(model: nnx.Module, tx: optax.GradientTransformation) -> Optimizers:
+    """One optimiser over all parameters, named ``model``."""
+    return {"model": nnx.Optimizer(model, tx, wrt=nnx.Param)}
+
+
+def gaussian_nll(x: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """Mean Gaussian negative log-likelihood ``0.5 * ((x - mean)^2 / exp(logvar) + logvar)``.
+
+    The constant ``0.5 * log(2 pi)`` is left out.
+    """
+    return jnp.mean(0.5 * (jnp.exp(-logvar) * jnp.square(x - mean) + logvar))
+
+
+def loss_step(
+    model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable[[nnx.Module], jax.Array]
+) -> Metrics:
+    """One optimiser step on ``loss_fn(model)``, in train mode; returns ``{"loss": ...}``."""
+    model.train()
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return {"loss": loss}
 
 
 def reconstruction_step(
     model: nnx.Module, optimizer: nnx.Optimizer, inputs: jax.Array, target: jax.Array
 ) -> Metrics:
-    """One Adam step on ``MSE(model(inputs), target)``."""
-    model.train()
-
-    def loss_fn(m: nnx.Module) -> jax.Array:
-        return mse(m(inputs), target)
-
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    optimizer.update(model, grads)
-    return {"loss": loss}
+    """One optimiser step on ``MSE(model(inputs), target)``."""
+    return loss_step(model, optimizer, lambda m: mse(m(inputs), target))
 
 
 def residual_map(model: nnx.Module, batch: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -19,10 +19,9 @@ from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
-from imgae_dx_jax.families.base import Family, Metrics, Optimizers
+from imgae_dx_jax.families.base import Family, MakeTransform, Metrics, Optimizers
 from imgae_dx_jax.families.losses import cosine_distance, eval_view, gaussian_blur, mse
 from imgae_dx_jax.models.reversed_ae import ReversedAutoencoder
 from imgae_dx_jax.schema import RAConfig
@@ -63,13 +62,17 @@ def exp_elbo(
 def embedding_loss(emb_a: Sequence[jax.Array], emb_b: Sequence[jax.Array]) -> jax.Array:
     """RA's reversed embedding loss: sum over scales of ``0.5 * MSE + mean(1 - cos sim)``.
 
+    As ci-ber/RA's ``EmbeddingLoss``: the cosine similarity is taken between each image's two
+    *flattened* embeddings (one number per image and scale), then averaged over the batch.
+
     Args:
-        emb_a: the encoder's multi-scale embeddings of the input.
+        emb_a: the encoder's multi-scale embeddings of the input, each [B, h, w, C].
         emb_b: those of its (detached) reconstruction, same shapes.
     """
     return sum(
         (
-            0.5 * mse(a, b) + jnp.mean(cosine_distance(a, b))
+            0.5 * mse(a, b)
+            + jnp.mean(cosine_distance(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)))
             for a, b in zip(emb_a, emb_b, strict=True)
         ),
         start=jnp.zeros(()),
@@ -102,13 +105,72 @@ def build(
     return ReversedAutoencoder(cfg.widths, cfg.zdim, image_size, fast=fast, dtype=dtype, rngs=rngs)
 
 
-def optimizers(cfg: RAConfig, model: nnx.Module) -> Optimizers:
-    """Separate Adam optimisers for the encoder and the decoder."""
+def optimizers(cfg: RAConfig, model: nnx.Module, make_transform: MakeTransform) -> Optimizers:
+    """Separate optimisers for the encoder and the decoder."""
     ra = cast(ReversedAutoencoder, model)
     return {
-        "encoder": nnx.Optimizer(ra.encoder, optax.adam(cfg.learning_rate), wrt=nnx.Param),
-        "decoder": nnx.Optimizer(ra.decoder, optax.adam(cfg.learning_rate), wrt=nnx.Param),
+        "encoder": nnx.Optimizer(ra.encoder, make_transform(cfg.learning_rate), wrt=nnx.Param),
+        "decoder": nnx.Optimizer(ra.decoder, make_transform(cfg.learning_rate), wrt=nnx.Param),
     }
+
+
+def encoder_loss(
+    cfg: RAConfig,
+    encoder: nnx.Module,
+    decoder: nnx.Module,
+    batch: jax.Array,
+    z_prior: jax.Array,
+    key: jax.Array,
+) -> tuple[jax.Array, Metrics]:
+    """Soft-IntroVAE's encoder loss with RA's embedding loss, as ci-ber/RA computes it.
+
+    ``scale * (beta_rec * rec + beta_kl * KL) + 0.25 * (expELBO(rec) + expELBO(fake)) +
+    embedding_weight * L_emb``. As in the authors' trainer, the reconstruction ``x_rec`` and the
+    generated ``fake`` enter the encoder detached, but ``x_rec`` stays attached as the *target*
+    of its re-reconstruction in expELBO(rec), so that term also reaches the encoder through
+    ``x_rec = D(z(x))``. ``fake`` has no path to the encoder (the decoder is not trained here).
+
+    Args:
+        cfg: the ``model.ra`` section.
+        encoder: the encoder (its parameters are what this loss is differentiated for).
+        decoder: the decoder.
+        batch: the real images [B, H, W, 1].
+        z_prior: latent samples from the prior [B, zdim] that generate ``fake``.
+        key: the reparameterisation key.
+
+    Returns:
+        The loss and its terms (``rec``, ``kl``, ``exp_elbo_rec``, ``exp_elbo_fake``, ``emb``),
+        plus ``z``, the sampled latent code of ``batch``.
+    """
+    scale = 1.0 / (batch.shape[1] * batch.shape[2] * batch.shape[3])
+    k_z, k_rec, k_fake = jax.random.split(key, 3)
+    mu, logvar, emb_x = encoder(batch)
+    z = reparameterize(k_z, mu, logvar)
+    x_rec = decoder(z)
+    rec = jnp.mean(reconstruction_error(batch, x_rec))
+    fake = jax.lax.stop_gradient(decoder(z_prior))
+    kl = jnp.mean(kl_divergence(mu, logvar))
+    mu_r, logvar_r, emb_r = encoder(jax.lax.stop_gradient(x_rec))
+    mu_f, logvar_f, _ = encoder(fake)
+    rec_rec = reconstruction_error(x_rec, decoder(reparameterize(k_rec, mu_r, logvar_r)))
+    rec_fake = reconstruction_error(fake, decoder(reparameterize(k_fake, mu_f, logvar_f)))
+    elbo_rec = exp_elbo(rec_rec, kl_divergence(mu_r, logvar_r), scale, cfg.beta_rec, cfg.beta_neg)
+    elbo_fake = exp_elbo(rec_fake, kl_divergence(mu_f, logvar_f), scale, cfg.beta_rec, cfg.beta_neg)
+    emb = embedding_loss(emb_x, emb_r)
+    loss = (
+        scale * (cfg.beta_rec * rec + cfg.beta_kl * kl)
+        + 0.25 * (elbo_rec + elbo_fake)
+        + cfg.embedding_weight * emb
+    )
+    metrics = {
+        "rec": rec,
+        "kl": kl,
+        "exp_elbo_rec": elbo_rec,
+        "exp_elbo_fake": elbo_fake,
+        "emb": emb,
+        "z": z,
+    }
+    return loss, metrics
 
 
 def train_step(
@@ -117,54 +179,21 @@ def train_step(
     """One Soft-IntroVAE step with RA's embedding loss: an encoder update, then a decoder one.
 
     Metrics (batch means): ``loss`` = ``loss_enc + loss_dec``; ``rec`` and ``kl`` of the real
-    images; ``exp_elbo_rec``/``exp_elbo_fake`` and ``emb`` of the encoder loss;
-    ``kl_rec``/``kl_fake``, the KL of the re-encoded reconstructions and generated samples in
-    the decoder loss.
+    images; ``exp_elbo_rec``/``exp_elbo_fake`` and ``emb`` of the encoder loss
+    (:func:`encoder_loss`); ``kl_rec``/``kl_fake``, the KL of the re-encoded reconstructions
+    and generated samples in the decoder loss.
     """
     model.train()
     ra = cast(ReversedAutoencoder, model)
     encoder, decoder = ra.encoder, ra.decoder
     scale = 1.0 / (batch.shape[1] * batch.shape[2] * batch.shape[3])
-    k_prior, k_z, k_rec, k_fake, k_dec_rec, k_dec_fake = jax.random.split(key, 6)
+    k_prior, k_enc, k_dec_rec, k_dec_fake = jax.random.split(key, 4)
     z_prior = jax.random.normal(k_prior, (batch.shape[0], ra.zdim), batch.dtype)
 
-    def encoder_loss(enc: nnx.Module, dec: nnx.Module) -> tuple[jax.Array, Metrics]:
-        mu, logvar, emb_x = enc(batch)
-        z = reparameterize(k_z, mu, logvar)
-        x_rec = dec(z)
-        rec = jnp.mean(reconstruction_error(batch, x_rec))
-        x_rec = jax.lax.stop_gradient(x_rec)
-        fake = jax.lax.stop_gradient(dec(z_prior))
-        kl = jnp.mean(kl_divergence(mu, logvar))
-        mu_r, logvar_r, emb_r = enc(x_rec)
-        mu_f, logvar_f, _ = enc(fake)
-        rec_rec = reconstruction_error(x_rec, dec(reparameterize(k_rec, mu_r, logvar_r)))
-        rec_fake = reconstruction_error(fake, dec(reparameterize(k_fake, mu_f, logvar_f)))
-        elbo_rec = exp_elbo(
-            rec_rec, kl_divergence(mu_r, logvar_r), scale, cfg.beta_rec, cfg.beta_neg
-        )
-        elbo_fake = exp_elbo(
-            rec_fake, kl_divergence(mu_f, logvar_f), scale, cfg.beta_rec, cfg.beta_neg
-        )
-        emb = embedding_loss(emb_x, emb_r)
-        loss = (
-            scale * (cfg.beta_rec * rec + cfg.beta_kl * kl)
-            + 0.25 * (elbo_rec + elbo_fake)
-            + cfg.embedding_weight * emb
-        )
-        metrics = {
-            "rec": rec,
-            "kl": kl,
-            "exp_elbo_rec": elbo_rec,
-            "exp_elbo_fake": elbo_fake,
-            "emb": emb,
-            "z": z,
-        }
-        return loss, metrics
+    def enc_loss(enc: nnx.Module, dec: nnx.Module) -> tuple[jax.Array, Metrics]:
+        return encoder_loss(cfg, enc, dec, batch, z_prior, k_enc)
 
-    (loss_enc, enc_metrics), grads = nnx.value_and_grad(encoder_loss, has_aux=True)(
-        encoder, decoder
-    )
+    (loss_enc, enc_metrics), grads = nnx.value_and_grad(enc_loss, has_aux=True)(encoder, decoder)
     optimizers["encoder"].update(encoder, grads)
     z = jax.lax.stop_gradient(enc_metrics.pop("z"))
 

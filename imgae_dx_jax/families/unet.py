@@ -1,8 +1,10 @@
 """``unet``: a U-Net trained as a denoising autoencoder with coarse noise.
 
-Kascenas et al., MIDL 2022 (:func:`coarse_noise`); in ``reconstruction`` mode it is trained on
-plain reconstruction instead. MSE against the clean image. Anomaly map: the residual
-``|x - x_hat|`` of the clean input's reconstruction.
+Kascenas et al., MIDL 2022 (:func:`coarse_noise`, optionally rolled as the authors do); with
+``model.unet.noise`` ``patch`` or ``both`` the corruption is (or includes) foreign patch
+interpolation (:func:`foreign_patch`), an anatomy-aware synthetic anomaly. In
+``reconstruction`` mode it is trained on plain reconstruction instead. MSE against the clean
+image. Anomaly map: the residual ``|x - x_hat|`` of the clean input's reconstruction.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
-from imgae_dx_jax.families.base import Family, Metrics, Optimizers
+from imgae_dx_jax.families.base import Family, MakeTransform, Metrics, Optimizers
 from imgae_dx_jax.families.losses import (
     eval_view,
     mse,
@@ -24,22 +27,64 @@ from imgae_dx_jax.models.unet import UNet
 from imgae_dx_jax.schema import UNetConfig
 
 
-def coarse_noise(key: jax.Array, shape: tuple[int, ...], resolution: int, std: float) -> jax.Array:
+def coarse_noise(
+    key: jax.Array, shape: tuple[int, ...], resolution: int, std: float, roll: bool = False
+) -> jax.Array:
     """Coarse Gaussian noise (Kascenas et al., MIDL 2022) of shape ``[B, H, W, C]``.
 
     Noise is drawn i.i.d. from N(0, std^2) on a ``resolution x resolution`` grid per image and
     channel, then upsampled bilinearly to ``H x W``. ``std`` is the standard deviation of the
     grid values; bilinear interpolation lowers the per-pixel standard deviation between grid
-    points (on average to about 0.68 * std for a 16 -> 64 upsampling).
+    points (on average to about 0.68 * std for a 16 -> 64 upsampling). With ``roll`` the
+    upsampled noise is rolled (cyclically shifted) by a random offset in y and x, the same
+    for the whole batch, as the authors' ``torch.roll``; the grid values are those without it.
     """
     batch, height, width, channels = shape
     grid = std * jax.random.normal(key, (batch, resolution, resolution, channels))
-    return jax.image.resize(grid, (batch, height, width, channels), method="bilinear")
+    noise = jax.image.resize(grid, (batch, height, width, channels), method="bilinear")
+    if roll:
+        dy, dx = jax.random.randint(jax.random.fold_in(key, 1), (2,), 0, jnp.array([height, width]))
+        noise = jnp.roll(noise, (dy, dx), axis=(1, 2))
+    return noise
+
+
+def foreign_patch(
+    key: jax.Array, batch: jax.Array, min_side: float = 0.1, max_side: float = 0.4
+) -> jax.Array:
+    """Foreign patch interpolation: blend a rectangle of another image into each image.
+
+    Every image ``x_i`` of ``batch`` [B, H, W, C] gets one axis-aligned rectangle, of sides
+    drawn uniformly between ``min_side`` and ``max_side`` of the image side and placed
+    uniformly inside the image, where it becomes ``(1 - a_i) * x_i + a_i * x_j`` with
+    ``a_i ~ U(0, 1)`` and ``x_j`` the image ``j = (i + s) mod B`` of the same batch at the same
+    location (``s`` drawn once per batch in ``1 .. B - 1``; a batch of one is returned as is).
+    Outside the rectangle the image is unchanged.
+    """
+    size, height, width, _ = batch.shape
+    k_shift, k_h, k_w, k_y, k_x, k_a = jax.random.split(key, 6)
+    shift = jax.random.randint(k_shift, (), 1, max(size, 2))
+    partner = jnp.roll(batch, shift, axis=0)
+
+    def interval(k_len: jax.Array, k_pos: jax.Array, side: int) -> jax.Array:
+        low = max(1, round(min_side * side))
+        length = jax.random.randint(k_len, (size,), low, max(low, round(max_side * side)) + 1)
+        start = jnp.floor(jax.random.uniform(k_pos, (size,)) * (side - length + 1))
+        pos = jnp.arange(side)
+        return (pos >= start[:, None]) & (pos < (start + length)[:, None])
+
+    inside = interval(k_h, k_y, height)[:, :, None] & interval(k_w, k_x, width)[:, None, :]
+    alpha = jax.random.uniform(k_a, (size, 1, 1, 1), batch.dtype)
+    return batch + inside[..., None] * alpha * (partner - batch)
 
 
 def _inputs(cfg: UNetConfig, batch: jax.Array, key: jax.Array) -> jax.Array:
-    if cfg.mode == "denoising":
-        return batch + coarse_noise(key, batch.shape, cfg.noise_resolution, cfg.noise_std)
+    if cfg.mode != "denoising":
+        return batch
+    if cfg.noise in ("patch", "both"):
+        batch = foreign_patch(jax.random.fold_in(key, 2), batch)
+    if cfg.noise in ("coarse", "both"):
+        noise = coarse_noise(key, batch.shape, cfg.noise_resolution, cfg.noise_std, cfg.noise_roll)
+        batch = batch + noise
     return batch
 
 
@@ -49,9 +94,9 @@ def build(cfg: UNetConfig, image_size: int, fast: bool, dtype: Any, rngs: nnx.Rn
     return UNet(cfg.widths, cfg.groups, fast=fast, dtype=dtype, rngs=rngs)
 
 
-def optimizers(cfg: UNetConfig, model: nnx.Module) -> Optimizers:
-    """One Adam optimiser, ``model``."""
-    return single_optimizer(model, cfg.learning_rate)
+def optimizers(cfg: UNetConfig, model: nnx.Module, make_transform: MakeTransform) -> Optimizers:
+    """One optimiser, ``model``."""
+    return single_optimizer(model, make_transform(cfg.learning_rate))
 
 
 def train_step(
@@ -62,7 +107,7 @@ def train_step(
 
 
 def eval_losses(cfg: UNetConfig, model: nnx.Module, batch: jax.Array, key: jax.Array) -> Metrics:
-    """``loss``: MSE of the training objective, with the coarse noise drawn from ``key``."""
+    """``loss``: MSE of the training objective, with the corruption drawn from ``key``."""
     return {"loss": mse(eval_view(model)(_inputs(cfg, batch, key)), batch)}
 
 

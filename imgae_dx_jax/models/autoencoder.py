@@ -5,7 +5,8 @@ flatten, a linear layer to ``latent_dim``. Decoder: a linear layer back to
 ``widths[-1] * s * s`` (``s = image_size / 2**len(widths)``) and ReLU, then per level a nearest
 x2 upsampling followed by conv3x3 -> BatchNorm -> ReLU, mirroring the encoder widths, and a
 conv3x3 to one channel with a sigmoid. A small bottleneck helps anomaly detection on chest
-X-rays (AE4AD, MICCAI 2024).
+X-rays (AE4AD, MICCAI 2024). With ``uncertainty`` the last conv has a second output channel,
+a per-pixel log-variance (no activation), for a Gaussian likelihood (Mao et al., MICCAI 2020).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ class Autoencoder(nnx.Module):
 
     ``fast`` selects the CPU fast path of :mod:`imgae_dx_jax.models.layers` (same function,
     same parameters); ``dtype`` is the computation dtype of the convolutions and linear layers
-    (parameters, the latent code and the reconstruction stay float32).
+    (parameters, the latent code and the reconstruction stay float32). ``uncertainty`` adds
+    the log-variance output channel of :meth:`mean_and_logvar`; calling the model returns the
+    mean image either way.
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class Autoencoder(nnx.Module):
         latent_dim: int,
         image_size: int,
         *,
+        uncertainty: bool = False,
         fast: bool = False,
         dtype: Any = None,
         rngs: nnx.Rngs,
@@ -79,7 +83,9 @@ class Autoencoder(nnx.Module):
                 for c_in, c_out in zip(widths[::-1], up_widths, strict=True)
             ]
         )
-        self.head = Conv(widths[0], 1, (3, 3), fast=fast, dtype=dtype, rngs=rngs)
+        self.uncertainty = uncertainty
+        outputs = 2 if uncertainty else 1
+        self.head = Conv(widths[0], outputs, (3, 3), fast=fast, dtype=dtype, rngs=rngs)
 
     def encode(self, x: jax.Array) -> jax.Array:
         """Encode ``x`` [B, H, W, 1] to the latent code [B, latent_dim] (float32)."""
@@ -88,13 +94,27 @@ class Autoencoder(nnx.Module):
             x = layer(x)
         return at_least_float32(self.to_latent(x.reshape(x.shape[0], -1)))
 
-    def decode(self, z: jax.Array) -> jax.Array:
-        """Decode a latent code [B, latent_dim] to an image [B, H, W, 1] in [0, 1]."""
+    def _head(self, z: jax.Array) -> jax.Array:
         h = jax.nn.relu(self.from_latent(z)).reshape(z.shape[0], self.side, self.side, -1)
         for layer in self.up:
             h = layer(h, upsample=True)
-        return jax.nn.sigmoid(at_least_float32(self.head(h)))
+        return at_least_float32(self.head(h))
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """Decode a latent code [B, latent_dim] to an image [B, H, W, 1] in [0, 1]."""
+        return jax.nn.sigmoid(self._head(z)[..., :1])
+
+    def mean_and_logvar(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The mean image in [0, 1] and per-pixel log-variance of ``x``: both [B, H, W, 1].
+
+        Raises:
+            ValueError: when the model was built without ``uncertainty``.
+        """
+        if not self.uncertainty:
+            raise ValueError("mean_and_logvar needs an Autoencoder built with uncertainty=True")
+        out = self._head(self.encode(x))
+        return jax.nn.sigmoid(out[..., :1]), out[..., 1:]
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Reconstruct ``x`` [B, H, W, 1]."""
+        """Reconstruct ``x`` [B, H, W, 1] (the mean image)."""
         return self.decode(self.encode(x))

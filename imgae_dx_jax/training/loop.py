@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +44,30 @@ def stage_seed(config: Config, stage: str) -> int:
     folder adds 0.
     """
     return config.train.seed * 1000 + (int(stage.rsplit("_", 1)[1]) if stage in STAGES else 0)
+
+
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    """Optimiser steps of one epoch over ``n_images`` training images (at least 1).
+
+    Every process takes the same number of steps (shards differ by at most one image).
+    """
+    count = distributed.process_shard()[1]
+    return max(1, n_images // count // (batch_size // count))
+
+
+def step_budget(config: Config, splits: Splits, stages: Sequence[str]) -> int:
+    """The run's length in optimiser steps (its step budget).
+
+    ``train.max_steps`` when > 0, else ``train.epochs`` times the steps per epoch of each
+    stage's training images, summed over ``stages``.
+    """
+    if config.train.max_steps:
+        return config.train.max_steps
+    batch = config.train.batch_size
+    return sum(
+        config.train.epochs * steps_per_epoch(sum(r.stage == s for r in splits.train), batch)
+        for s in stages
+    )
 
 
 def validation_loss(
@@ -194,19 +218,18 @@ class TrainingLoop:
         )
         if resume_step is not None:
             self.checkpoints.restore_iterator(resume_step, data_iter)
-        # Every process takes the same number of steps (shards differ by at most one image).
-        steps_per_epoch = max(1, len(train_source) // shard[1] // local_batch)
+        epoch_steps = steps_per_epoch(len(train_source), cfg.train.batch_size)
         log.info(
             "stage %s: %d training images, %d steps per epoch, %d epochs",
             stage,
             len(train_source),
-            steps_per_epoch,
+            epoch_steps,
             cfg.train.epochs,
         )
         with stop_on_signals() as stop:
             while p.epoch < cfg.train.epochs:
-                self._epoch(data_iter, steps_per_epoch, stop)
-                cut = p.step_in_epoch < steps_per_epoch  # train.max_steps reached mid-epoch
+                self._epoch(data_iter, epoch_steps, stop)
+                cut = p.step_in_epoch < epoch_steps  # train.max_steps reached mid-epoch
                 val = validation_loss(self.trainer, val_source, self.config, self.mesh, p.step)
                 self._check_finite([val], p.step, what="validation loss")
                 if not cut:
@@ -286,7 +309,7 @@ class TrainingLoop:
                     stage=p.stage,
                     epoch=p.epoch + 1,
                     images_per_s=window_images / max(elapsed, 1e-9),
-                    lr=self.config.model.family.learning_rate,
+                    lr=self.trainer.learning_rate(p.step - 1),
                     **resource_metrics(),
                 )
                 self.metrics.write(record)

@@ -18,7 +18,7 @@ from flax import nnx
 
 from imgae_dx_jax import distributed
 from imgae_dx_jax.data.intensity import model_input
-from imgae_dx_jax.families import anomaly_maps, create_model, get_objective
+from imgae_dx_jax.families import anomaly_maps, create_model, get_objective, optim
 from imgae_dx_jax.models import compute_dtype
 from imgae_dx_jax.runtime import training_precision
 from imgae_dx_jax.schema import Config
@@ -42,6 +42,8 @@ class Trainer:
     eval_step: Callable[[Any, jax.Array, np.uint32], dict[str, jax.Array]]
     sample_step: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
     """(state, images) -> (inputs, reconstructions, anomaly maps), replicated."""
+    learning_rate: Callable[[int], float]
+    """step -> the learning rate of that optimiser step (for logging)."""
 
     def model_and_optimizers(self) -> tuple[nnx.Module, dict[str, nnx.Optimizer]]:
         """Rebuild the nnx objects from the current state."""
@@ -61,11 +63,13 @@ class Trainer:
         self.state = jax.device_put(nnx.state((model, optimizers)), self.sharding)
 
 
-def build_trainer(config: Config, mesh: jax.sharding.Mesh) -> Trainer:
+def build_trainer(config: Config, mesh: jax.sharding.Mesh, total_steps: int) -> Trainer:
     """Create the model and optimisers and jit their train and validation steps.
 
     The steps are pure functions of (state, batch, step): the state is donated and replicated
     (or FSDP-sharded with ``train.shard_params``), the batch is sharded along ``data``.
+    ``total_steps`` is the run's step budget (see
+    :func:`~imgae_dx_jax.training.loop.step_budget`), the length of a cosine LR schedule.
     With ``train.precision: bf16`` (or ``auto`` on devices with fast bfloat16) the model
     computes in bfloat16 (it casts its input batch on entry) while parameters, optimiser
     state, outputs and losses stay float32.
@@ -76,7 +80,7 @@ def build_trainer(config: Config, mesh: jax.sharding.Mesh) -> Trainer:
         dtype=compute_dtype(training_precision(config.train.precision, list(mesh.devices.flat))),
         rngs=nnx.Rngs(config.train.seed),
     )
-    objective = get_objective(config.model)
+    objective = get_objective(config.model, config.train, total_steps)
     optimizers = objective.create_optimizers(model)
     graphdef, state = nnx.split((model, optimizers))
     sharding = distributed.state_shardings(state, mesh, config.train.shard_params)
@@ -111,4 +115,13 @@ def build_trainer(config: Config, mesh: jax.sharding.Mesh) -> Trainer:
         reconstructions, maps = anomaly_maps(model, inputs, config.model)
         return inputs, reconstructions, maps
 
-    return Trainer(graphdef, state, sharding, train_step, eval_step, sample_step)
+    base_lr = config.model.family.learning_rate
+    return Trainer(
+        graphdef,
+        state,
+        sharding,
+        train_step,
+        eval_step,
+        sample_step,
+        partial(optim.learning_rate_at, config.train, base_lr, total_steps),
+    )

@@ -28,7 +28,7 @@ from imgae_dx_jax.data.split import Splits
 from imgae_dx_jax.runtime import setup_compilation_cache
 from imgae_dx_jax.schema import Config
 from imgae_dx_jax.tracking import Tracker
-from imgae_dx_jax.training.loop import Progress, TrainingLoop
+from imgae_dx_jax.training.loop import Progress, TrainingLoop, step_budget
 from imgae_dx_jax.training.step import Trainer, build_trainer
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,9 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         if tracker is not None:
             tracker.start(config, run_dir)
-    trainer = build_trainer(config, mesh)
     checkpoints = Checkpoints(rundir.checkpoints_dir(run_dir), keep=config.train.keep_checkpoints)
     finished = False
     try:
-        progress, restored_step = _restore(checkpoints, trainer)
         wanted = source_stages(config.data)
         if wanted != config.data.stages:
             log.info(
@@ -104,9 +102,12 @@ def train(
                 config.data.source,
                 ",".join(wanted),
             )
-        history = list(progress.completed_stages) + ([progress.stage] if progress.stage else [])
-        todo = [s for s in wanted if s not in progress.completed_stages]
-        stages = history + [s for s in todo if s not in history]
+        # Where the run stands decides its stages, whose data sizes decide the step budget
+        # that the optimisers' schedule is built with; the arrays are restored after.
+        meta = checkpoints.latest_meta()
+        saved = Progress(**meta["progress"]) if meta is not None else Progress()
+        history = list(saved.completed_stages) + ([saved.stage] if saved.stage else [])
+        stages = history + [s for s in wanted if s not in history]
         run_config = _with_stages(config, stages) if wanted == config.data.stages else config
         if main:
             rundir.write_config(run_config, run_dir)
@@ -120,6 +121,9 @@ def train(
         log_split_counts(splits)
         if main:
             rundir.write_split_manifest(run_dir, splits)
+        trainer = build_trainer(config, mesh, step_budget(config, splits, stages))
+        progress, restored_step = _restore(checkpoints, trainer)
+        todo = [s for s in wanted if s not in progress.completed_stages]
         model, _ = trainer.model_and_optimizers()
         n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
         log.info(

@@ -34,9 +34,16 @@ RA_TERMS = {
 }
 
 
+TRAIN = load_config().train
+
+
 def small_config(name: str, *extra: str):
     overrides = [f"model.name={name}", f"data.image_size={SIZE}", *SMALL[name], *extra]
     return load_config(overrides=overrides).model
+
+
+def objective_of(cfg):
+    return get_objective(cfg, TRAIN, total_steps=10)
 
 
 def images(key: jax.Array, batch: int = 4) -> jax.Array:
@@ -57,7 +64,7 @@ def runs(request):
     name = request.param
     cfg = small_config(name)
     model = create_model(cfg, SIZE, rngs=nnx.Rngs(0))
-    objective = get_objective(cfg)
+    objective = objective_of(cfg)
     graphdef, initial = nnx.split((model, objective.create_optimizers(model)))
 
     @partial(jax.jit, donate_argnums=0)
@@ -129,13 +136,13 @@ def test_optimizer_names():
     for name, keys in (("unet", {"model"}), ("ae", {"model"}), ("ra", {"encoder", "decoder"})):
         cfg = small_config(name)
         model = nnx.eval_shape(lambda cfg=cfg: create_model(cfg, SIZE, rngs=nnx.Rngs(0)))
-        assert set(get_objective(cfg).create_optimizers(model)) == keys
+        assert set(objective_of(cfg).create_optimizers(model)) == keys
 
 
 def test_unet_reconstruction_mode_ignores_the_key():
     cfg = small_config("unet", "model.unet.mode=reconstruction")
     model = create_model(cfg, SIZE, rngs=nnx.Rngs(0))
-    objective = get_objective(cfg)
+    objective = objective_of(cfg)
     batch = images(jax.random.key(0), 2)
     evaluate = nnx.jit(objective.eval_losses)
     a = evaluate(model, batch, jax.random.key(1))["loss"]
@@ -147,7 +154,7 @@ def test_unet_reconstruction_mode_ignores_the_key():
 def test_unknown_objective():
     cfg = dataclasses.replace(small_config("ae"), name="vae")
     with pytest.raises(ValueError, match="unknown model"):
-        get_objective(cfg)
+        objective_of(cfg)
 
 
 # --------------------------------------------------------------------------- RA loss pieces

@@ -48,7 +48,7 @@ def test_no_recompilation_after_first_step(name, fast_path, compile_count):
         ]
     )
     mesh = distributed.make_mesh()
-    trainer = build_trainer(config, mesh)
+    trainer = build_trainer(config, mesh, total_steps=1)
     rng = np.random.default_rng(0)
 
     def step(i):

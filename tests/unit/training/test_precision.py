@@ -51,7 +51,9 @@ def floating_dtypes(tree) -> set:
 
 
 def one_step(name: str, precision: str):
-    trainer = build_trainer(tiny_config(name, precision, sizes=SHALLOW), distributed.make_mesh())
+    trainer = build_trainer(
+        tiny_config(name, precision, sizes=SHALLOW), distributed.make_mesh(), total_steps=1
+    )
     images = np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 1), dtype=np.uint8)
     trainer.state, metrics = trainer.train_step(trainer.state, images, np.uint32(0))
     return trainer, jax.block_until_ready(metrics)
@@ -82,7 +84,7 @@ def test_ra_bf16_step_float32_state_and_close_eval_loss():
     nnx.update(reference, nnx.state(model))
     batch = jnp.asarray(np.random.default_rng(1).uniform(size=(4, SIZE, SIZE, 1)), jnp.float32)
     key = jax.random.key(0)
-    eval_losses = get_objective(cfg.model).eval_losses
+    eval_losses = get_objective(cfg.model, cfg.train, 1).eval_losses
     bf16 = eval_losses(model, batch, key)
     f32 = eval_losses(reference, batch, key)
     for k in f32:
