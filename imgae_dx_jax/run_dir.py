@@ -47,7 +47,7 @@ EXPORT_MODEL = "model"
 THRESHOLD = "threshold.json"
 RESUME_MODES = ("auto", "never")
 _SAFE_MODEL_KEYS = ("learning_rate", "noise_roll", "noise")
-_LEGACY_VALUES = {("data", "intensity"): "none"}
+_LEGACY_VALUES = {("data", "intensity"): "none", ("train", "lr_schedule"): "constant"}
 """Settings whose behaviour before they existed differs from their default today: a run made
 before them gets these values, not the defaults."""
 

@@ -52,9 +52,23 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "unet": ("unet", []),
     "ra": ("ra", []),
     "ae": ("ae", []),
+    # The authors' training recipe (Kascenas et al.): AMSGrad with L2 1e-5, cosine decay over
+    # the step budget (the default schedule), the coarse noise randomly rolled.
+    "unet-kascenas": (
+        "unet",
+        [
+            "train.optimizer=amsgrad",
+            "train.weight_decay=1e-5",
+            "model.unet.noise_roll=true",
+        ],
+    ),
+    "unet-constant-lr": ("unet", ["train.lr_schedule=constant"]),
+    "unet-patch": ("unet", ["model.unet.noise=both"]),
     "unet-no-intensity": ("unet", ["data.intensity=none"]),
+    "ae-constant-lr": ("ae", ["train.lr_schedule=constant"]),
     "ae-no-intensity": ("ae", ["data.intensity=none"]),
     "ae-latent4": ("ae", ["model.ae.latent_dim=4"]),
+    "ae-uncertainty": ("ae", ["model.ae.uncertainty=true"]),
 }
 """Variant name -> (model family, ``--set`` overrides over the defaults)."""
 
@@ -128,6 +142,8 @@ def summarise(metrics: dict[str, Any]) -> dict[str, Any]:
         "sensitivity",
         "specificity",
         "threshold_source",
+        "threshold_rule",
+        "target_specificity",
         "score",
         "n_normal",
         "n_abnormal",
@@ -221,26 +237,25 @@ def main() -> None:
     if "pediatric" in args.datasets and not PEDIATRIC.is_file():
         raise SystemExit(f"{PEDIATRIC} is missing: the pediatric set ships with a git checkout")
     load_before = os.getloadavg()[0]
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.keep or Path(tmp)
         for dataset in args.datasets:
             for variant in args.variants:
                 row = run_variant(dataset, variant, args.size, args.epochs, args.max_steps, workdir)
                 print(json.dumps(row), flush=True)
-                rows.append(row)
-    machine = {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_before": load_before,
-        "load_after": os.getloadavg()[0],
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    data = merge(args.out, rows, machine)
+                machine = {
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                    "load_before": load_before,
+                    "load_after": os.getloadavg()[0],
+                    "date": time.strftime("%Y-%m-%d"),
+                }
+                # Written after every variant, so that an interrupted run keeps what it measured.
+                data = merge(args.out, [row], machine)
+                if args.readme:
+                    write_readme(args.readme, data)
     print(table(data))
-    if args.readme:
-        write_readme(args.readme, data)
 
 
 if __name__ == "__main__":

@@ -64,11 +64,12 @@ def test_every_optimizer_builds_and_steps(name):
     )
 
 
-def test_default_optimizer_is_plain_adam():
+def test_default_optimizer_is_adam_with_cosine_decay():
     train = load_config().train
     params = {"w": jnp.array([1.0, -2.0, 3.0])}
     grads = {"w": jnp.array([0.5, 0.1, -0.3])}
-    ours, reference = optim.transform(train, 10, 1e-3), optax.adam(1e-3)
+    ours = optim.transform(train, 10, 1e-3)
+    reference = optax.adam(optax.cosine_decay_schedule(1e-3, 10))
     state_a, state_b = ours.init(params), reference.init(params)
     for _ in range(3):
         update_a, state_a = ours.update(grads, state_a, params)
