@@ -256,6 +256,8 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
         )
     if not 0.0 < e.target_specificity < 1.0:
         fail("eval.target_specificity", f"must be in (0, 1), got {e.target_specificity}")
+    if not 0.0 <= e.border < 0.5:
+        fail("eval.border", f"must be in [0, 0.5), got {e.border}")
     if config.tracking.wandb not in WANDB_MODES:
         fail(
             "tracking.wandb",

@@ -8,7 +8,10 @@ normalised as in training (:func:`~imgae_dx_jax.data.intensity.model_input`,
 Every image gets each candidate score of :data:`~imgae_dx_jax.schema.SCORES` in the same
 compiled call (:func:`candidate_scores`): ``mean``, the mean of the raw anomaly map, and
 ``top<k>``, the mean of the top k% pixels of the map after a 5x5 median filter (the residual
-post-processing of Kascenas et al., MIDL 2022). Evaluation picks one on the validation split
+post-processing of Kascenas et al., MIDL 2022). Every score is taken over the central part of
+the map only: ``eval.border`` of the side is left out at each edge, where chest radiographs
+carry burned-in markers, collimation edges and devices (the counterpart of the authors'
+foreground mask; :func:`score_region`). Evaluation picks one on the validation split
 (:func:`imgae_dx_jax.metrics.threshold.choose_score`); a :class:`Scorer` reports that one as
 the score, and its maps are the post-processed maps that candidate is computed from.
 """
@@ -77,6 +80,17 @@ def candidate_scores(maps: jax.Array, filtered: jax.Array) -> jax.Array:
     return jnp.stack(columns, axis=1)
 
 
+def score_region(maps: jax.Array, border: float) -> jax.Array:
+    """The central part of [B, H, W] maps that image scores are taken over.
+
+    ``border`` is the fraction of each side left out at each edge (rounded to whole pixels);
+    0 keeps the whole map.
+    """
+    height, width = maps.shape[1:]
+    top, left = round(border * height), round(border * width)
+    return maps[:, top : height - top, left : width - left]
+
+
 def pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
     """Pad a short last batch to ``batch_size`` by repeating its first image (fixed shapes)."""
     if len(images) == batch_size:
@@ -123,9 +137,10 @@ class Scorer:
             inputs = model_input(images, config.data.intensity)
             x_hat, maps = anomaly_maps(model, inputs, config.model)
             filtered = median_filter(maps)
-            peaks = jnp.stack([jnp.max(m, axis=(1, 2)) for m in (maps, filtered)], axis=1)
+            core = [score_region(m, config.eval.border) for m in (maps, filtered)]
+            peaks = jnp.stack([jnp.max(m, axis=(1, 2)) for m in core], axis=1)
             kept = filtered if median else maps
-            return candidate_scores(maps, filtered), peaks, x_hat[..., 0], kept
+            return candidate_scores(*core), peaks, x_hat[..., 0], kept
 
         self._run = run
 

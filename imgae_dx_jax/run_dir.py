@@ -47,7 +47,11 @@ EXPORT_MODEL = "model"
 THRESHOLD = "threshold.json"
 RESUME_MODES = ("auto", "never")
 _SAFE_MODEL_KEYS = ("learning_rate", "noise_roll", "noise")
-_LEGACY_VALUES = {("data", "intensity"): "none", ("train", "lr_schedule"): "constant"}
+_LEGACY_VALUES = {
+    ("data", "intensity"): "none",
+    ("train", "lr_schedule"): "constant",
+    ("eval", "border"): 0.0,
+}
 """Settings whose behaviour before they existed differs from their default today: a run made
 before them gets these values, not the defaults."""
 

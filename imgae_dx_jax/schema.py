@@ -218,6 +218,9 @@ class EvalConfig:
     """Operating threshold rule on the validation split: ``specificity``, ``youden``, ``f1``."""
     target_specificity: float
     """Fraction of validation normals below the threshold of the ``specificity`` rule."""
+    border: float
+    """Fraction of the image side left out at each edge when an image score is taken from its
+    anomaly map (burned-in markers, collimation edges); 0 scores the whole map."""
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ TINY = [
     "model.unet.widths=[16,32,64]",
     "model.unet.groups=4",
     "train.batch_size=16",
-    "train.epochs=10",
-    "train.max_steps=120",
+    "train.epochs=30",
+    "train.max_steps=400",
     "train.log_every=20",
     "tracking.wandb=disabled",
 ]

@@ -10,7 +10,14 @@ from scipy.ndimage import median_filter as scipy_median
 
 from imgae_dx_jax.config import load_config
 from imgae_dx_jax.families import create_model
-from imgae_dx_jax.inference import Scorer, candidate_scores, median_filter, top_mean, uses_median
+from imgae_dx_jax.inference import (
+    Scorer,
+    candidate_scores,
+    median_filter,
+    score_region,
+    top_mean,
+    uses_median,
+)
 from imgae_dx_jax.schema import SCORES
 
 
@@ -64,10 +71,23 @@ def test_scorer_reports_the_selected_candidate_and_its_maps() -> None:
     plain = Scorer(model, config)(images, keep_maps=True)
     top = Scorer(model, config).select("top5")(images, keep_maps=True)
     assert plain.maps is not None and top.maps is not None
-    np.testing.assert_allclose(plain.scores, plain.maps.mean(axis=(1, 2)), rtol=1e-5)
+    edge = round(config.eval.border * 16)
+    assert edge == 2  # the default border leaves out 2 of 16 pixels at each edge
+    core = (slice(None), slice(edge, 16 - edge), slice(edge, 16 - edge))
+    np.testing.assert_allclose(plain.scores, plain.maps[core].mean(axis=(1, 2)), rtol=1e-5)
     np.testing.assert_array_equal(plain.candidates, top.candidates)
     np.testing.assert_array_equal(top.scores, top.candidates[:, SCORES.index("top5")])
     expected_maps = scipy_median(plain.maps, size=(1, 5, 5), mode="reflect")
     np.testing.assert_allclose(top.maps, expected_maps, rtol=1e-6)
-    np.testing.assert_allclose(top.peaks, expected_maps.max(axis=(1, 2)), rtol=1e-6)
-    np.testing.assert_allclose(plain.peaks, plain.maps.max(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(top.peaks, expected_maps[core].max(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(plain.peaks, plain.maps[core].max(axis=(1, 2)), rtol=1e-6)
+
+
+def test_scores_ignore_the_border_and_only_the_border() -> None:
+    maps = np.zeros((2, 16, 16), np.float32)
+    maps[0, 0, :] = 9.0  # a hot edge row: outside the scored region
+    maps[1, 8, 8] = 9.0  # a hot centre pixel: inside it
+    core = np.asarray(score_region(jnp.asarray(maps), 0.125))
+    assert core.shape == (2, 12, 12)
+    assert core[0].max() == 0.0 and core[1].max() == 9.0
+    np.testing.assert_array_equal(np.asarray(score_region(jnp.asarray(maps), 0.0)), maps)
