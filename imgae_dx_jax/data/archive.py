@@ -16,7 +16,7 @@ import struct
 import threading
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,9 +82,10 @@ class LocalFile:
         self._fd = None
         self._lock = threading.Lock()
 
-    def __del__(self) -> None:
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
+        # os.close is bound at definition: at interpreter exit the module global may be gone.
         if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)  # type: ignore[arg-type]
+            _close(self._fd)  # type: ignore[arg-type]
 
 
 class _SeekableView(io.RawIOBase):

@@ -27,6 +27,7 @@ from imgae_dx_jax.training import train
 
 SIZE = 64
 TINY = [
+    "model.name=unet",
     "model.unet.widths=[16,32,64]",
     "model.unet.groups=4",
     "train.batch_size=16",
