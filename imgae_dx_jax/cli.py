@@ -49,7 +49,7 @@ def train_parser() -> argparse.ArgumentParser:
         description="Train an anomaly-detection autoencoder on normal chest X-rays, then "
         "evaluate it on held-out patients.",
     )
-    parser.add_argument("--model", choices=MODELS, help="model family (default: unet)")
+    parser.add_argument("--model", choices=MODELS, help="model family (default: ae)")
     parser.add_argument("--stage", help="NIH stage(s): images_001, a comma list, or all")
     parser.add_argument("--config", help="YAML config file (path or packaged name)")
     parser.add_argument("--source", choices=SOURCES, help="where the images are (default: sample)")

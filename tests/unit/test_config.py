@@ -7,7 +7,7 @@ from imgae_dx_jax.config import ConfigError, from_dict, load_config, parse_overr
 
 def test_defaults_load_and_round_trip():
     config = load_config()
-    assert config.model.name == "unet"
+    assert config.model.name == "ae"
     assert config.data.stages == ("images_001",)
     assert config.model.unet.widths == (32, 64, 128, 256)
     assert from_dict(to_dict(config), "test") == config
