@@ -29,6 +29,8 @@ TINY = {
 }
 COMMON = [
     "data.image_size=32",
+    # The resume below raises train.max_steps, which would stretch a cosine schedule.
+    "train.lr_schedule=constant",
     "train.batch_size=8",
     "train.epochs=1",
     "train.max_steps=4",

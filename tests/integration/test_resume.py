@@ -38,6 +38,10 @@ COMMON = [
     "8",
     "--set",
     "train.log_every=2",
+    # A cosine schedule spans the step budget known to each invocation, so stage-by-stage
+    # training equals one invocation only at a constant rate (or a fixed train.max_steps).
+    "--set",
+    "train.lr_schedule=constant",
     "--wandb",
     "disabled",
 ]
