@@ -33,7 +33,7 @@ def test_overrides_apply_in_order_and_coerce_types():
         ("train.epoch=3", "unknown key 'train.epoch'"),
         ("train.epochs=three", "train.epochs: expected an integer"),
         ("model.ra.beta_kl=lots", "model.ra.beta_kl: expected a number"),
-        ("data.image_size=60", "divisible by 2^3"),
+        ("data.image_size=60", "divisible by 2^4"),
         ("model.name=vae", "unknown model 'vae'"),
         ("data.stages=[images_013]", "unknown stage 'images_013'"),
         ("data.source=archive", "needs data.path"),
