@@ -157,9 +157,13 @@ def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
         f"Held-out test ({metrics['model']}, {metrics['n_normal']} normal / "
         f"{metrics['n_abnormal']} abnormal images of unseen patients):"
     )
+    (auroc_low, auroc_high), (auprc_low, auprc_high) = metrics["auroc_ci"], metrics["auprc_ci"]
     print(
-        f"  AUROC {metrics['auroc']:.3f}   patient-weighted AUROC "
-        f"{metrics['auroc_patient_weighted']:.3f}   AUPRC {metrics['auprc']:.3f}   "
+        f"  AUROC {metrics['auroc']:.3f} (95% CI {auroc_low:.3f}-{auroc_high:.3f}, patient "
+        f"bootstrap)   patient-weighted AUROC {metrics['auroc_patient_weighted']:.3f}"
+    )
+    print(
+        f"  AUPRC {metrics['auprc']:.3f} (95% CI {auprc_low:.3f}-{auprc_high:.3f})   "
         f"FPR@95%TPR {metrics['fpr_at_95_tpr']:.3f}"
     )
     print(
