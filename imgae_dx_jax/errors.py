@@ -39,6 +39,14 @@ class RunDirError(ImgaeError, RuntimeError):
     """The run directory cannot be used as asked (non-empty, or a different run)."""
 
 
+class FinishedRunError(RunDirError):
+    """A finished run was rerun with settings that shape its model: nothing would train.
+
+    The old model would be evaluated again as if trained with the new settings; the message
+    names each changed setting and how to train a new run with them instead.
+    """
+
+
 class PredictError(ImgaeError, RuntimeError):
     """The inputs cannot be used (missing paths, no image files, nothing readable)."""
 

@@ -32,8 +32,8 @@ from imgae_dx_jax import __version__
 from imgae_dx_jax.config import from_dict, load_config, to_dict
 from imgae_dx_jax.data.nih import Record
 from imgae_dx_jax.data.split import SPLITS, Splits
-from imgae_dx_jax.errors import RunDirError, RunError
-from imgae_dx_jax.schema import Config
+from imgae_dx_jax.errors import FinishedRunError, RunDirError, RunError
+from imgae_dx_jax.schema import MODELS, Config
 from imgae_dx_jax.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,29 @@ EXPORT_MODEL = "model"
 THRESHOLD = "threshold.json"
 RESUME_MODES = ("auto", "never")
 _SAFE_MODEL_KEYS = ("learning_rate", "noise_roll", "noise")
+_MODEL_NEUTRAL_SECTIONS = ("eval", "run", "tracking")
+_MODEL_NEUTRAL_KEYS = (
+    "data.source",
+    "data.path",
+    "data.stages",
+    "data.cache",
+    "data.cache_dir",
+    "data.num_threads",
+    "data.retries",
+    "data.timeout",
+    "model.fast_path",
+    "train.log_every",
+    "train.checkpoint_every_steps",
+    "train.checkpoint_every_minutes",
+    "train.keep_checkpoints",
+    "train.shard_params",
+    "train.compilation_cache",
+)
+"""Settings that leave the trained model as it is (with every section in
+``_MODEL_NEUTRAL_SECTIONS`` and the settings of the other model families): where the data is
+read from and cached, logging and checkpoint cadence, same-math layouts, evaluation and
+tracking. Any other setting shapes the model (learning rate, epochs, step budget, precision,
+...), new ones included."""
 _LEGACY_VALUES = {
     ("data", "intensity"): "none",
     ("train", "lr_schedule"): "constant",
@@ -204,11 +227,27 @@ def identity_settings(config: Config) -> dict[str, Any]:
     return out
 
 
-def check_compatible(saved: Config, new: Config) -> None:
-    """Refuse to resume with different shape-defining settings; log the safe changes.
+def check_compatible(saved: Config, new: Config, *, trains: bool) -> None:
+    """Refuse a resume whose changed settings cannot, or would not, take effect; log the rest.
+
+    The settings of :func:`identity_settings` must never change. The other settings that shape
+    the model (learning rate, epochs, step budget, precision, ...) may change while training
+    continues: they apply to the steps still to train, which a warning says. But when the rerun
+    trains nothing (``trains`` is False: every stage is done and the step budget spent), such a
+    change would have no effect, and the old model would be evaluated as if trained with it,
+    so it is refused. Settings that leave the model as it is (evaluation, tracking, where the
+    data is, logging and checkpoint cadence) may always change.
+
+    Args:
+        saved: the run's configuration (its ``config.yaml``).
+        new: the configuration of the rerun.
+        trains: whether the rerun trains any step
+            (:meth:`imgae_dx_jax.training.loop.Progress.trains`).
 
     Raises:
-        RunDirError: naming every setting that differs.
+        RunDirError: naming every setting of :func:`identity_settings` that differs.
+        FinishedRunError: when nothing trains, naming every changed setting that shapes the
+            model.
     """
     old_id, new_id = identity_settings(saved), identity_settings(new)
     diffs = [
@@ -224,14 +263,40 @@ def check_compatible(saved: Config, new: Config) -> None:
             + "\nUse another --run-dir, or --resume never --overwrite to start it afresh."
         )
     flat_old, flat_new = _flatten(to_dict(saved)), _flatten(to_dict(new))
-    for key in sorted(flat_new):
-        if key != "data.stages" and flat_old.get(key) != flat_new[key]:
-            log.info(
-                "resuming with a changed setting %s: %r -> %r",
+    changed = {k: (flat_old.get(k), v) for k, v in sorted(flat_new.items()) if flat_old.get(k) != v}
+    shaping = [k for k in changed if not _leaves_model(k, new.model.name)]
+    if shaping and not trains:
+        raise FinishedRunError(
+            "this run directory holds a finished run (its stages are trained, or "
+            "train.max_steps is reached): nothing would train, so these changed settings would "
+            "not take effect, and its old model would be evaluated as if they had:\n  "
+            + "\n  ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in shaping)
+            + "\nTrain a new run with them: use another --run-dir, or --resume never "
+            "--overwrite to replace this one. (To train this run further, raise --epochs or "
+            "train.max_steps, or add stages.)"
+        )
+    for key, (old, value) in changed.items():
+        if key in shaping:
+            log.warning(
+                "continuing training with a changed setting %s: %r -> %r "
+                "(the steps already trained used the old value)",
                 key,
-                flat_old.get(key),
-                flat_new[key],
+                old,
+                value,
             )
+        elif key != "data.stages":
+            log.info("resuming with a changed setting %s: %r -> %r", key, old, value)
+
+
+def _leaves_model(key: str, model: str) -> bool:
+    """Whether the dotted setting ``key`` leaves a trained ``model`` as it is."""
+    section, _, rest = key.partition(".")
+    family = rest.partition(".")[0]
+    return (
+        section in _MODEL_NEUTRAL_SECTIONS
+        or key in _MODEL_NEUTRAL_KEYS
+        or (section == "model" and family in MODELS and family != model)
+    )
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

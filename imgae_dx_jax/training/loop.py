@@ -111,6 +111,21 @@ class Progress:
     best_val_loss: float | None = None
     best_step: int | None = None
 
+    def trains(self, config: Config, stages: Sequence[str]) -> bool:
+        """Whether training ``stages`` on from here takes any optimiser step.
+
+        As :meth:`TrainingLoop.train_stage` decides: not once ``train.max_steps`` (when > 0)
+        is reached, nor for a completed stage, nor for the stage in progress once it has
+        ``train.epochs`` epochs.
+        """
+        if config.train.max_steps and self.step >= config.train.max_steps:
+            return False
+        return any(
+            stage not in self.completed_stages
+            and (stage != self.stage or self.epoch < config.train.epochs)
+            for stage in stages
+        )
+
 
 class StopFlag:
     """Set by SIGTERM/SIGINT: the loop saves and stops at the next step boundary.

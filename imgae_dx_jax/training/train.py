@@ -72,6 +72,8 @@ def train(
 
     Raises:
         RunDirError: when the run directory holds an incompatible run.
+        FinishedRunError: when it holds a finished run, nothing would train, and settings
+            that shape the model changed (:func:`imgae_dx_jax.run_dir.check_compatible`).
         Interrupted: after a signal, once the checkpoint is saved.
     """
     if resume not in rundir.RESUME_MODES:
@@ -79,8 +81,6 @@ def train(
         raise ConfigError(f"--resume: {resume!r}; choose {modes}")
     setup_compilation_cache(config)
     saved_config = rundir.prepare(run_dir, resume, overwrite)
-    if saved_config is not None:
-        rundir.check_compatible(saved_config, config)
     mesh = distributed.make_mesh()
     if config.train.batch_size % mesh.size:
         raise ConfigError(
@@ -88,24 +88,27 @@ def train(
             f"the {mesh.size} devices"
         )
     main = distributed.is_main_process()
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if tracker is not None:
-            tracker.start(config, run_dir)
     checkpoints = Checkpoints(rundir.checkpoints_dir(run_dir), keep=config.train.keep_checkpoints)
     finished = False
     try:
         wanted = source_stages(config.data)
+        # Where the run stands decides whether a changed setting can take effect, and its
+        # stages, whose data sizes decide the step budget that the optimisers' schedule is
+        # built with; the arrays are restored after.
+        meta = checkpoints.latest_meta()
+        saved = Progress(**meta["progress"]) if meta is not None else Progress()
+        if saved_config is not None:
+            rundir.check_compatible(saved_config, config, trains=saved.trains(config, wanted))
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if tracker is not None:
+                tracker.start(config, run_dir)
         if wanted != config.data.stages:
             log.info(
                 "source %s is one stage, %s: data.stages (--stage) is ignored",
                 config.data.source,
                 ",".join(wanted),
             )
-        # Where the run stands decides its stages, whose data sizes decide the step budget
-        # that the optimisers' schedule is built with; the arrays are restored after.
-        meta = checkpoints.latest_meta()
-        saved = Progress(**meta["progress"]) if meta is not None else Progress()
         history = list(saved.completed_stages) + ([saved.stage] if saved.stage else [])
         stages = history + [s for s in wanted if s not in history]
         run_config = _with_stages(config, stages) if wanted == config.data.stages else config

@@ -205,7 +205,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
     assert 6 in completed_steps(run)
 
 
-def test_mismatched_config_is_refused_and_changes_nothing(tmp_path, capsys):
+def test_mismatched_or_ineffective_config_is_refused_and_changes_nothing(tmp_path, capsys):
     run = tmp_path / "run"
     args = [*TINY_AE, *COMMON, "--epochs", "1", "--set", "train.max_steps=2", "--run-dir", str(run)]
     assert train_main(args) == 0
@@ -214,6 +214,11 @@ def test_mismatched_config_is_refused_and_changes_nothing(tmp_path, capsys):
     assert train_main([*args, "--set", "model.ae.latent_dim=4"]) == 2
     err = capsys.readouterr().err
     assert "model.ae.latent_dim: 8 -> 4" in err and "Traceback" not in err
+    # A finished run trains nothing: a new learning rate would silently not take effect.
+    assert train_main([*args, "--set", "model.ae.learning_rate=1e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "finished run" in err and "model.ae.learning_rate: 0.001 -> 0.0001" in err
+    assert "another --run-dir" in err and "Traceback" not in err
     assert train_main([*args[:-2], "--run-dir", str(run), "--resume", "never"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert tree_digest(run) == before

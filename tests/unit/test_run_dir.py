@@ -10,7 +10,7 @@ import yaml
 from imgae_dx_jax import __version__
 from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.config import load_config
-from imgae_dx_jax.errors import RunDirError, RunError
+from imgae_dx_jax.errors import FinishedRunError, RunDirError, RunError
 
 
 def older_release(path) -> None:
@@ -29,7 +29,7 @@ def test_resume_reads_an_older_config_with_defaults(tmp_path, caplog):
         saved = rundir.prepare(tmp_path, "auto", overwrite=False)
     assert saved == config
     assert "tracking" in caplog.text and "model.fast_path" in caplog.text
-    rundir.check_compatible(saved, config)
+    rundir.check_compatible(saved, config, trains=False)
 
 
 def test_export_reader_is_the_same_reader(tmp_path):
@@ -83,4 +83,47 @@ def test_resume_refuses_a_changed_input_or_patient_grouping(change):
     saved = load_config(overrides=["data.source=imagefolder", "data.path=x"])
     new = load_config(overrides=["data.source=imagefolder", "data.path=x", change])
     with pytest.raises(RunDirError, match=change.split("=")[0]):
-        rundir.check_compatible(saved, new)
+        rundir.check_compatible(saved, new, trains=True)
+
+
+def test_a_finished_run_refuses_every_setting_that_would_not_take_effect(caplog):
+    saved = load_config(overrides=["model.name=ae", "train.epochs=2"])
+    changes = ["model.ae.learning_rate=1e-4", "train.epochs=1", "train.precision=bf16"]
+    new = load_config(overrides=["model.name=ae", "train.epochs=2", *changes])
+    with pytest.raises(FinishedRunError) as refused:
+        rundir.check_compatible(saved, new, trains=False)
+    message = str(refused.value)
+    for line in (
+        "model.ae.learning_rate: 0.001 -> 0.0001",
+        "train.epochs: 2 -> 1",
+        "train.precision: 'auto' -> 'bf16'",
+    ):
+        assert line in message
+    assert "another --run-dir" in message and "--resume never --overwrite" in message
+    assert isinstance(refused.value, RunDirError)  # callers catching RunDirError still do
+    # While training continues, the same changes apply to the steps still to train, loudly.
+    with caplog.at_level("INFO", logger="imgae_dx_jax"):
+        rundir.check_compatible(saved, new, trains=True)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 3 and "model.ae.learning_rate: 0.001 -> 0.0001" in warned[0]
+
+
+def test_a_finished_run_may_be_rerun_with_settings_that_leave_its_model(caplog):
+    saved = load_config(overrides=["model.name=ae", "data.stages=[images_001,images_002]"])
+    neutral = [
+        "eval.threshold=f1",
+        "eval.score=top5",
+        "tracking.wandb=disabled",
+        "data.num_threads=1",
+        "data.cache_dir=/elsewhere",
+        "train.log_every=1",
+        "train.keep_checkpoints=1",
+        "model.fast_path=never",
+        "model.unet.learning_rate=0.5",  # another family's setting
+        "data.stages=[images_002]",  # a stage it has trained
+    ]
+    new = load_config(overrides=["model.name=ae", *neutral])
+    with caplog.at_level("INFO", logger="imgae_dx_jax"):
+        rundir.check_compatible(saved, new, trains=False)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "resuming with a changed setting eval.threshold: 'specificity' -> 'f1'" in caplog.text
