@@ -70,6 +70,8 @@ _MODEL_NEUTRAL_KEYS = (
 read from and cached, logging and checkpoint cadence, same-math layouts, evaluation and
 tracking. Any other setting shapes the model (learning rate, epochs, step budget, precision,
 ...), new ones included."""
+_BUDGET_KEYS = ("train.epochs", "train.max_steps")
+"""Settings that shape the model by how long it trains: changing them is how a run trains on."""
 _LEGACY_VALUES = {
     ("data", "intensity"): "none",
     ("train", "lr_schedule"): "constant",
@@ -232,8 +234,9 @@ def check_compatible(saved: Config, new: Config, *, trains: bool) -> None:
 
     The settings of :func:`identity_settings` must never change. The other settings that shape
     the model (learning rate, epochs, step budget, precision, ...) may change while training
-    continues: they apply to the steps still to train, which a warning says. But when the rerun
-    trains nothing (``trains`` is False: every stage is done and the step budget spent), such a
+    continues: they apply to the steps still to train, which a warning says (the training
+    length, ``train.epochs`` and ``train.max_steps``, is only logged). But when the rerun
+    trains nothing (``trains`` is False: every stage is done, or the step budget spent), such a
     change would have no effect, and the old model would be evaluated as if trained with it,
     so it is refused. Settings that leave the model as it is (evaluation, tracking, where the
     data is, logging and checkpoint cadence) may always change.
@@ -276,7 +279,7 @@ def check_compatible(saved: Config, new: Config, *, trains: bool) -> None:
             "train.max_steps, or add stages.)"
         )
     for key, (old, value) in changed.items():
-        if key in shaping:
+        if key in shaping and key not in _BUDGET_KEYS:
             log.warning(
                 "continuing training with a changed setting %s: %r -> %r "
                 "(the steps already trained used the old value)",

@@ -105,7 +105,9 @@ def test_a_finished_run_refuses_every_setting_that_would_not_take_effect(caplog)
     with caplog.at_level("INFO", logger="imgae_dx_jax"):
         rundir.check_compatible(saved, new, trains=True)
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warned) == 3 and "model.ae.learning_rate: 0.001 -> 0.0001" in warned[0]
+    assert len(warned) == 2 and "model.ae.learning_rate: 0.001 -> 0.0001" in warned[0]
+    assert "train.precision" in warned[1]
+    assert "resuming with a changed setting train.epochs: 2 -> 1" in caplog.text  # its length
 
 
 def test_a_finished_run_may_be_rerun_with_settings_that_leave_its_model(caplog):
