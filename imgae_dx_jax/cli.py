@@ -4,7 +4,9 @@ Each command's entry point is its thin module (``imgae-train`` = :func:`imgae_dx
 ``imgae-evaluate`` = :func:`imgae_dx_jax.evaluate.main`, ``imgae-predict`` =
 :func:`imgae_dx_jax.predict.main`), which parses with a parser of this module, calls the
 library (:mod:`imgae_dx_jax.api`) and runs under :func:`run_cli`, so that a command imports
-only what it runs (``imgae-predict`` never loads the trainer or the evaluator).
+only what it runs (``imgae-predict`` never loads the trainer or the evaluator). ``imgae``
+(``python -m imgae_dx_jax``) has them all as sub-commands, ``imgae train ...`` =
+``imgae-train ...`` (:data:`IMGAE_COMMANDS`), and imports only the one it runs.
 
 User errors (a bad config, missing data, an unusable run directory, a NaN loss, a checkpoint
 that cannot be written) end with one clear message and exit status 2; ``--debug`` shows the
@@ -57,10 +59,21 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-dir", help="directory of decoded stage caches (default ~/.cache/imgae_dx_jax)"
     )
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--epochs", type=int, help="epochs per stage (train.epochs)")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        metavar="N",
+        help="stop after N optimiser steps in total, mid-epoch if need be (train.max_steps; "
+        "0: epochs x steps per epoch)",
+    )
+    parser.add_argument(
+        "--image-size", type=int, help="side of the square training images in pixels"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, help="global training batch size (train.batch_size)"
+    )
+    parser.add_argument("--seed", type=int, help="training seed: initialisation and data order")
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -182,6 +195,7 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
         ("data.path", args.data),
         ("data.cache_dir", args.cache_dir),
         ("train.epochs", args.epochs),
+        ("train.max_steps", args.max_steps),
         ("data.image_size", args.image_size),
         ("train.batch_size", args.batch_size),
         ("train.seed", args.seed),
@@ -239,21 +253,28 @@ def print_predictions(results: Sequence[Prediction], out_dir: Path) -> None:
     )
 
 
-def config_parser() -> argparse.ArgumentParser:
-    """Arguments of ``imgae-config``."""
+def config_parser(prog: str = "imgae-config") -> argparse.ArgumentParser:
+    """Arguments of ``imgae-config`` (``prog`` names it in its sub-commands' usage)."""
     parser = argparse.ArgumentParser(
-        prog="imgae-config",
+        prog=prog,
         description="Show, validate and check configurations and credentials.",
     )
     _common(parser)
     sub_debug = argparse.ArgumentParser(add_help=False)
-    sub_debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    sub_debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show tracebacks and debug logs",
+    )
     layered = argparse.ArgumentParser(add_help=False)
     layered.add_argument("--config", help="YAML config file (path or packaged name)")
     layered.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, help="show, validate or check"
+    )
     commands.add_parser(
         "show",
         parents=[layered, sub_debug],
@@ -371,14 +392,64 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace) -> int:
+def config_command(args: argparse.Namespace) -> int:
+    """Run ``imgae-config`` (``imgae config``) with parsed arguments: show, validate or check."""
     commands = {"show": _show, "validate": _validate, "check": _check}
-    if args.command not in commands:
-        config_parser().print_help(sys.stderr)
-        return 2
     return commands[args.command](args)
 
 
 def config_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``imgae-config``: ``show``, ``validate FILE``, ``check``."""
-    return run_cli(_config, config_parser(), argv)
+    return run_cli(config_command, config_parser(), argv)
+
+
+IMGAE_COMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], str, str]] = {
+    "train": (
+        train_parser,
+        "train a model on normal images, then evaluate it (= imgae-train)",
+        "imgae_dx_jax.train:run",
+    ),
+    "evaluate": (
+        evaluate_parser,
+        "score trained runs on held-out patients and compare them (= imgae-evaluate)",
+        "imgae_dx_jax.evaluate:run",
+    ),
+    "predict": (
+        predict_parser,
+        "score new X-ray files with a trained run (= imgae-predict)",
+        "imgae_dx_jax.predict:run",
+    ),
+    "config": (
+        lambda: config_parser("imgae config"),
+        "show, validate and check configs and credentials (= imgae-config)",
+        "imgae_dx_jax.cli:config_command",
+    ),
+}
+"""The sub-commands of ``imgae``: name -> (the parser of its ``imgae-X`` command, a summary,
+the ``module:function`` that runs it on the parsed arguments)."""
+
+
+def imgae_parser() -> argparse.ArgumentParser:
+    """Arguments of ``imgae``: ``imgae train ...`` takes those of ``imgae-train ...``, and so on.
+
+    The sub-command's name is ``args.program``.
+    """
+    parser = argparse.ArgumentParser(
+        prog="imgae",
+        description="Unsupervised anomaly detection in chest X-rays: train, evaluate, predict, "
+        "configure. `imgae COMMAND --help` lists a command's arguments.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(
+        dest="program", metavar="COMMAND", required=True, help="what to do"
+    )
+    for name, (same, summary, _) in IMGAE_COMMANDS.items():
+        template = same()
+        commands.add_parser(
+            name,
+            parents=[template],
+            add_help=False,  # the template's -h/--help is copied
+            description=template.description,
+            help=summary,
+        )
+    return parser

@@ -15,7 +15,8 @@ from imgae_dx_jax import api
 from imgae_dx_jax.cli import evaluate_parser, run_cli
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run ``imgae-evaluate`` (``imgae evaluate``) with parsed arguments."""
     comparison = api.compare_runs(
         args.run,
         args.out,
@@ -33,7 +34,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``imgae-evaluate`` / ``python -m imgae_dx_jax.evaluate``."""
-    return run_cli(_evaluate, evaluate_parser(), argv)
+    return run_cli(run, evaluate_parser(), argv)
 
 
 if __name__ == "__main__":

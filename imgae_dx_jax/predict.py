@@ -185,14 +185,15 @@ def write_predictions_csv(path: Path, results: Sequence[Prediction], threshold: 
             )
 
 
-def _predict(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run ``imgae-predict`` (``imgae predict``) with parsed arguments."""
     print_predictions(predict(args.inputs, args.run, args.out), args.out)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``imgae-predict`` / ``python -m imgae_dx_jax.predict``."""
-    return run_cli(_predict, predict_parser(), argv)
+    return run_cli(run, predict_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from imgae_dx_jax.config import load_config
 from imgae_dx_jax.run_dir import default_run_dir
 
 
-def _train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run ``imgae-train`` (``imgae train``) with parsed arguments."""
     config = load_config(args.config, overrides_from_args(args))
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     if not distributed.is_main_process():
@@ -32,7 +33,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``imgae-train`` / ``python -m imgae_dx_jax.train``."""
-    return run_cli(_train, train_parser(), argv)
+    return run_cli(run, train_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """MkDocs hook: pages generated from the code, so the docs cannot drift from it.
 
-- ``cli.md``: ``<!-- cli-reference -->`` becomes the ``--help`` of every argparse parser in
-  :mod:`imgae_dx_jax.cli` (each ``*_parser()`` function, sub-commands included).
+- ``cli.md``: ``<!-- cli-reference -->`` becomes the ``--help`` of ``imgae`` and of every
+  sub-command (:func:`imgae_dx_jax.cli.imgae_parser`, which holds the parsers of the
+  ``imgae-X`` commands).
 - ``configuration.md``: ``<!-- default-config -->`` becomes the packaged ``default.yaml``
   and ``<!-- packaged-configs -->`` the list of packaged config files.
 - ``changelog.md``: the repository's ``CHANGELOG.md``.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import os
 import pkgutil
 from importlib import resources
@@ -24,7 +24,6 @@ from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "imgae_dx_jax"
-PARSER_ORDER = ("train_parser", "evaluate_parser", "predict_parser")
 
 
 def _modules() -> list[str]:
@@ -63,22 +62,6 @@ def on_files(files: Files, config: Any) -> Files:
     return files
 
 
-def _parsers() -> list[argparse.ArgumentParser]:
-    cli = importlib.import_module(f"{PACKAGE}.cli")
-    found = {
-        name: fn
-        for name, fn in inspect.getmembers(cli, inspect.isfunction)
-        if name.endswith("_parser")
-        and fn.__module__ == cli.__name__
-        and not any(
-            p.default is p.empty and p.kind is not p.VAR_POSITIONAL and p.kind is not p.VAR_KEYWORD
-            for p in inspect.signature(fn).parameters.values()
-        )
-    }
-    order = [n for n in PARSER_ORDER if n in found] + sorted(set(found) - set(PARSER_ORDER))
-    return [found[name]() for name in order]
-
-
 def _walk(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     out = [parser]
     for action in parser._actions:  # argparse keeps sub-commands here; no public accessor
@@ -89,15 +72,15 @@ def _walk(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
 
 
 def cli_reference() -> str:
-    """Markdown with the ``--help`` text of every command and sub-command."""
+    """Markdown with the ``--help`` text of ``imgae`` and of every sub-command."""
     os.environ["COLUMNS"] = "96"  # argparse wraps to this width
     os.environ["NO_COLOR"] = "1"  # Python 3.14+ would colour the help text
+    top = importlib.import_module(f"{PACKAGE}.cli").imgae_parser()
     sections = []
-    for top in _parsers():
-        for parser in _walk(top):
-            level = "##" if parser is top else "###"
-            text = parser.format_help().rstrip()
-            sections.append(f"{level} `{parser.prog}`\n\n```text\n{text}\n```\n")
+    for parser in _walk(top):
+        level = "##" if parser is top else "###"
+        text = parser.format_help().rstrip()
+        sections.append(f"{level} `{parser.prog}`\n\n```text\n{text}\n```\n")
     return "\n".join(sections)
 
 

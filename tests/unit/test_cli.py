@@ -1,15 +1,28 @@
-"""``imgae-config show / validate / check`` and property-based tests of the override parser."""
+"""``imgae`` and its sub-commands, ``imgae-config show / validate / check``, and
+property-based tests of the override parser."""
 
 from __future__ import annotations
 
+import argparse
 import socket
+import subprocess
+import sys
 
 import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgae_dx_jax.cli import config_main
+from imgae_dx_jax.__main__ import main as imgae_main
+from imgae_dx_jax.cli import (
+    config_main,
+    config_parser,
+    evaluate_parser,
+    imgae_parser,
+    overrides_from_args,
+    predict_parser,
+    train_parser,
+)
 from imgae_dx_jax.config import ConfigError, load_config, parse_override, to_dict
 
 
@@ -45,7 +58,9 @@ def test_validate_accepts_good_and_rejects_bad_files(tmp_path, capsys):
     broken.write_text("train: [1,\n")
     assert config_main(["validate", str(broken)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
-    assert config_main([]) == 2
+    with pytest.raises(SystemExit) as no_command:
+        config_main([])
+    assert no_command.value.code == 2
 
 
 def test_check_reports_missing_credentials_and_offline(tmp_path, monkeypatch, capsys):
@@ -95,3 +110,90 @@ def test_float_overrides_round_trip(value):
     for text in (repr(value), f"{value:e}"):
         config = load_config(None, [f"model.ae.learning_rate={text}"])
         assert config.model.ae.learning_rate == pytest.approx(value)
+
+
+def parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every sub-command's parser under it."""
+    out = [parser]
+    for action in parser._actions:  # argparse keeps sub-commands here; no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                out += parsers(sub)
+    return out
+
+
+@pytest.mark.parametrize(
+    "make", [imgae_parser, train_parser, evaluate_parser, predict_parser, config_parser]
+)
+def test_every_flag_of_every_command_has_help(make):
+    for parser in parsers(make()):
+        for action in parser._actions:
+            name = "/".join(action.option_strings) or action.dest
+            assert action.help and action.help.strip(), f"{parser.prog} {name} has no help"
+            for choice in getattr(action, "_choices_actions", []):
+                assert choice.help and choice.help.strip(), f"{parser.prog} {choice.dest}"
+
+
+def test_imgae_has_the_four_commands_with_the_arguments_of_each_imgae_x():
+    top = imgae_parser()
+    subs = {p.prog: p for p in parsers(top)}
+    assert {"imgae train", "imgae evaluate", "imgae predict", "imgae config"} <= subs.keys()
+    assert {"imgae config show", "imgae config validate", "imgae config check"} <= subs.keys()
+    for name, same in [
+        ("train", train_parser()),
+        ("evaluate", evaluate_parser()),
+        ("predict", predict_parser()),
+        ("config", config_parser()),
+    ]:
+        assert [a.option_strings for a in subs[f"imgae {name}"]._actions] == [
+            a.option_strings for a in same._actions
+        ]
+    with pytest.raises(SystemExit) as no_command:
+        top.parse_args([])
+    assert no_command.value.code == 2
+
+
+def test_max_steps_sets_the_step_budget():
+    for args in (
+        train_parser().parse_args(["--max-steps", "7"]),
+        imgae_parser().parse_args(["train", "--max-steps", "7"]),
+    ):
+        assert load_config(overrides=overrides_from_args(args)).train.max_steps == 7
+    assert not any(
+        o.startswith("train.max_steps") for o in overrides_from_args(train_parser().parse_args([]))
+    )
+
+
+def test_imgae_config_show_prints_the_resolved_config_as_imgae_config_does(capsys):
+    args = ["show", "--config", "colab_gpu", "--set", "train.epochs=3"]
+    assert config_main(args) == 0
+    expected = capsys.readouterr().out
+    assert imgae_main(["config", *args]) == 0
+    shown = capsys.readouterr().out
+    assert shown == expected and yaml.safe_load(shown)["train"]["epochs"] == 3
+
+
+def test_imgae_runs_each_command_and_reports_its_errors(tmp_path, capsys):
+    assert imgae_main(["train", "--set", "train.epoch=2"]) == 2
+    err = capsys.readouterr().err
+    assert "imgae: error:" in err and "train.epoch" in err and "Traceback" not in err
+    assert imgae_main(["evaluate", "--run", str(tmp_path / "nowhere")]) == 2
+    assert "imgae: error:" in capsys.readouterr().err
+    assert imgae_main(["predict", str(tmp_path / "missing.png"), "--run", str(tmp_path)]) == 2
+    assert "missing.png: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("module", "prog"),
+    [
+        ("imgae_dx_jax", "imgae"),
+        ("imgae_dx_jax.train", "imgae-train"),
+        ("imgae_dx_jax.evaluate", "imgae-evaluate"),
+        ("imgae_dx_jax.predict", "imgae-predict"),
+    ],
+)
+def test_python_m_entry_points(module, prog):
+    shown = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True
+    )
+    assert shown.stdout.startswith(f"usage: {prog} ")

@@ -135,7 +135,9 @@ def test_find_images_needs_an_image(tmp_path):
         find_images([tmp_path])
 
 
-@pytest.mark.parametrize("module", ["imgae_dx_jax.predict", "imgae_dx_jax.cli"])
+@pytest.mark.parametrize(
+    "module", ["imgae_dx_jax.predict", "imgae_dx_jax.cli", "imgae_dx_jax.__main__"]
+)
 def test_predict_entry_imports_neither_pyplot_nor_the_evaluator(module):
     code = (
         f"import sys, {module}; "
@@ -147,3 +149,17 @@ def test_predict_entry_imports_neither_pyplot_nor_the_evaluator(module):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_imgae_predict_imports_neither_pyplot_nor_the_evaluator(tmp_path):
+    code = (
+        "import sys; from imgae_dx_jax.__main__ import main; "
+        f"code = main(['predict', {str(tmp_path / 'x.png')!r}, '--run', {str(tmp_path)!r}]); "
+        "heavy = ['matplotlib.pyplot', 'imgae_dx_jax.evaluation', 'imgae_dx_jax.evaluate', "
+        "'imgae_dx_jax.api', 'imgae_dx_jax.training']; "
+        "print(code, 'imgae_dx_jax.predict' in sys.modules, [m for m in heavy if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "2 True []"  # predict ran (and refused the missing file)
