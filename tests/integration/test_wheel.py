@@ -232,6 +232,11 @@ def test_installed_wheel_entry_points(installed: Installed) -> None:
     assert version.strip() == f"imgae-train {imgae_dx_jax.__version__}"
     helped = installed.run(str(installed.bin / "python"), "-m", "imgae_dx_jax.evaluate", "--help")
     assert "--run" in helped.stdout
+    assert installed.run("imgae", "--version").stdout.strip() == (
+        f"imgae {imgae_dx_jax.__version__}"
+    )
+    shown = installed.run("imgae", "config", "show", "--set", "train.max_steps=7").stdout
+    assert "max_steps: 7" in shown
     # The package comes from the venv, not from the checkout.
     where = installed.run(
         str(installed.bin / "python"), "-c", "import imgae_dx_jax; print(imgae_dx_jax.__file__)"
