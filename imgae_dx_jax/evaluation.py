@@ -194,8 +194,8 @@ def evaluate_model(
     else:
         rundir.check_held_out(run_dir, splits, store.description)
     scorer = Scorer(restore_model(run_dir, config), config)
-    val = score_split(scorer, config, splits.val, store)
-    test = score_split(scorer, config, splits.test, store)
+    val = score_split(scorer, config, splits.val, store, desc=f"{name}: scoring validation")
+    test = score_split(scorer, config, splits.test, store, desc=f"{name}: scoring test")
     for part, skipped in (("validation", val.skipped), ("test", test.skipped)):
         if skipped:  # also in metrics.json under "skipped"
             reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
@@ -219,11 +219,18 @@ def evaluate_model(
     fpr, tpr = roc_points(test.labels, test.scores)
     recall, precision = pr_points(test.labels, test.scores)
     boxed_records = [r for r in test.records if catalog.boxes.get(r.key)]
-    boxed = score_split(scorer, config, boxed_records, store, keep_maps=True)
+    boxed = score_split(
+        scorer, config, boxed_records, store, desc=f"{name}: scoring boxed", keep_maps=True
+    )
     size = config.data.image_size
     chosen = select_examples(test, {r.key for r in boxed_records})
     examples = score_split(
-        scorer, config, [test.records[i] for _, i in chosen], store, keep_maps=True
+        scorer,
+        config,
+        [test.records[i] for _, i in chosen],
+        store,
+        desc=f"{name}: scoring examples",
+        keep_maps=True,
     )
     kinds = tuple(kind for kind, _ in chosen)
     analysis = AnalysisInput(test, boxed, catalog, size, n_bootstrap, seed)

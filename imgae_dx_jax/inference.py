@@ -34,6 +34,7 @@ from imgae_dx_jax.data.intensity import model_input
 from imgae_dx_jax.data.nih import Record
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset
 from imgae_dx_jax.families import anomaly_maps
+from imgae_dx_jax.progress import progress_bar
 from imgae_dx_jax.results import SplitScores
 from imgae_dx_jax.schema import SCORES, Config
 
@@ -187,6 +188,7 @@ def score_split(
     records: Sequence[Record],
     store: Store,
     *,
+    desc: str,
     keep_maps: bool = False,
 ) -> SplitScores:
     """Score every readable image of ``records`` (unreadable ones are skipped and counted).
@@ -196,6 +198,7 @@ def score_split(
         config: the run's config (image size, batch size, decoding threads).
         records: the images to score.
         store: where their bytes are.
+        desc: what the progress bar says is being scored (``"scoring test"``).
         keep_maps: also keep the images, reconstructions and anomaly maps.
 
     Returns:
@@ -206,11 +209,14 @@ def score_split(
     indices: list[np.ndarray] = []
     results: list[Inference] = []
     images: list[np.ndarray] = []
-    for batch in eval_dataset(source, scorer.batch_size, config.data.num_threads):
-        results.append(scorer(batch["image"], keep_maps=keep_maps))
-        indices.append(batch["index"])
-        if keep_maps:
-            images.append(batch["image"][..., 0])
+    with progress_bar(desc, len(records), "img") as bar:
+        for batch in eval_dataset(source, scorer.batch_size, config.data.num_threads):
+            results.append(scorer(batch["image"], keep_maps=keep_maps))
+            indices.append(batch["index"])
+            if keep_maps:
+                images.append(batch["image"][..., 0])
+            bar.update(len(batch["index"]))
+        bar.update(len(skips))  # the unreadable images are done with too
     order = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int32)
     kept = tuple(source.records[i] for i in order)
 

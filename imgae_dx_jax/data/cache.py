@@ -38,6 +38,7 @@ from imgae_dx_jax.data.images import ImageDecodeError, decode_image
 from imgae_dx_jax.data.nih import Catalog, Record
 from imgae_dx_jax.data.stores import Store
 from imgae_dx_jax.errors import DataError
+from imgae_dx_jax.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def build_cache(
             store.description,
             cache_dir,
         )
-        failed = _write_array(store, records, image_size, threads, tmp_array)
+        failed = _write_array(store, records, stage, image_size, threads, tmp_array)
         os.replace(tmp_array, array_path)
         index = CacheIndex(
             stage,
@@ -250,7 +251,7 @@ def build_cache(
 
 
 def _write_array(
-    store: Store, records: Sequence[Record], image_size: int, threads: int, path: Path
+    store: Store, records: Sequence[Record], stage: str, image_size: int, threads: int, path: Path
 ) -> dict[str, str]:
     row_bytes = image_size**2
     rows = {r.member: row for row, r in enumerate(records)}
@@ -275,23 +276,36 @@ def _write_array(
                 return
             os.pwrite(fd, image.tobytes(), offset + rows[member] * row_bytes)
 
-        start = last_report = time.monotonic()
+        start, last_report = time.monotonic(), 0.0
         pending: deque[Future[None]] = deque()
-        done = 0
-        with ThreadPoolExecutor(max_workers=threads) as pool:
+        done = read = 0
+        with (
+            ThreadPoolExecutor(max_workers=threads) as pool,
+            progress_bar(f"caching {stage}", len(records), "img") as bar,
+        ):
             try:
                 for member, data in _read_all(store, list(rows), failed, keys):
+                    read += len(data)
                     pending.append(pool.submit(decode_and_write, member, data))
                     while len(pending) > 4 * threads or (pending and pending[0].done()):
                         pending.popleft().result()
                         done += 1
-                    now = time.monotonic()
-                    if now - last_report > _PROGRESS_SECONDS:
-                        last_report = now
-                        rate = done / (now - start)
-                        log.info("  %d/%d images (%.0f images/s)", done, len(records), rate)
+                        bar.update()
+                    elapsed = max(time.monotonic() - start, 1e-9)
+                    bar.set_postfix_str(f"{read / 1e6 / elapsed:.1f} MB/s", refresh=False)
+                    # Without a bar (stderr is a file), a log line every _PROGRESS_SECONDS.
+                    if bar.disable and elapsed - last_report > _PROGRESS_SECONDS:
+                        last_report = elapsed
+                        log.info(
+                            "  %d/%d images (%.0f images/s, %.1f MB/s read)",
+                            done,
+                            len(records),
+                            done / elapsed,
+                            read / 1e6 / elapsed,
+                        )
                 for future in pending:
                     future.result()
+                    bar.update()
             except BaseException:
                 for future in pending:
                     future.cancel()

@@ -7,7 +7,7 @@ already received. A URL that stops working with 401/403 (an expired signed URL) 
 asking ``resolve`` for a fresh one, when the caller can (the ``kaggle`` source).
 
 A server that ignores ``Range`` cannot be streamed: :func:`open_url` then downloads the whole
-file into the cache directory instead (resumable), and says so.
+file into the cache directory instead (resumable), says so, and shows the download's progress.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import requests
 
 from imgae_dx_jax.data.archive import ByteSource, LocalFile
 from imgae_dx_jax.errors import DataError
+from imgae_dx_jax.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -309,9 +310,19 @@ def download(url: str, target: Path, *, retries: int, timeout: float, backoff: f
                         else int(response.headers.get("Content-Length", -1))
                     )
                     _check_space(part.parent, total - have if resumed else max(total, 0))
-                    with part.open("ab" if resumed else "wb") as out:
+                    with (
+                        part.open("ab" if resumed else "wb") as out,
+                        progress_bar(
+                            f"downloading {target.name}",
+                            total if total >= 0 else None,
+                            "B",
+                            initial=have if resumed else 0,
+                            unit_scale=True,
+                        ) as bar,
+                    ):
                         for chunk in response.iter_content(_CHUNK):
                             out.write(chunk)
+                            bar.update(len(chunk))
                 size = part.stat().st_size
                 if total >= 0 and size != total:
                     raise _Transient(f"short download: {size} of {total} bytes")

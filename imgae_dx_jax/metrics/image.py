@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from imgae_dx_jax.progress import progress_bar
+
 Metric = Callable[[np.ndarray, np.ndarray], float]
 """A metric of ``(labels, scores)`` such as :func:`roc_auc`."""
 
@@ -364,12 +366,14 @@ def _patient_resamples(
         )
     strata = [np.flatnonzero(abnormal), np.flatnonzero(~abnormal)]
     rng = np.random.default_rng(seed)
-    for _ in range(n_resamples):
-        drawn = np.concatenate([rng.choice(stratum, size=stratum.size) for stratum in strata])
-        counts = size[drawn]
-        # Offset of each image within its patient's block, then the block's start.
-        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        yield by_patient[np.repeat(start[drawn], counts) + within]
+    with progress_bar("patient bootstrap", n_resamples, "resample", leave=False) as bar:
+        for _ in range(n_resamples):
+            drawn = np.concatenate([rng.choice(stratum, size=stratum.size) for stratum in strata])
+            counts = size[drawn]
+            # Offset of each image within its patient's block, then the block's start.
+            within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+            yield by_patient[np.repeat(start[drawn], counts) + within]
+            bar.update()  # counted once the caller has computed its metric on the resample
 
 
 def _check_resampling(n_resamples: int, confidence: float) -> float:

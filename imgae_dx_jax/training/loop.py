@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,7 +19,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from imgae_dx_jax import __version__, distributed
 from imgae_dx_jax import run_dir as rundir
@@ -30,6 +28,7 @@ from imgae_dx_jax.data import Store
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset, train_dataset
 from imgae_dx_jax.data.split import Splits
 from imgae_dx_jax.errors import Interrupted, NonFiniteLossError
+from imgae_dx_jax.progress import progress_bar
 from imgae_dx_jax.schema import STAGES, Config
 from imgae_dx_jax.tracking import resource_metrics
 from imgae_dx_jax.training.step import Trainer
@@ -290,13 +289,14 @@ class TrainingLoop:
         steps = steps_per_epoch - p.step_in_epoch
         if cfg.max_steps:
             steps = min(steps, cfg.max_steps - p.step)
-        bar = tqdm(
-            total=steps_per_epoch,
+        # JAX dispatches steps ahead of the device, so the bar moves only where the loop waits
+        # for the device (every train.log_every steps, and at the end of the epoch): its count,
+        # rate and ETA are those of finished steps, not of dispatched ones.
+        bar = progress_bar(
+            f"{p.stage} epoch {p.epoch + 1}/{cfg.epochs}",
+            steps_per_epoch,
+            "step",
             initial=p.step_in_epoch,
-            unit="step",
-            file=sys.stderr,
-            desc=f"{p.stage} epoch {p.epoch + 1}/{cfg.epochs}",
-            dynamic_ncols=True,
         )
         window_start, window_images, self.pending = time.perf_counter(), 0, []
         for _ in range(steps):
@@ -311,9 +311,8 @@ class TrainingLoop:
             p.step_in_epoch += 1
             window_images += images.shape[0]
             self.pending.append(metrics)
-            bar.update(1)
             if p.step % cfg.log_every == 0:
-                host = jax.device_get(self.pending)
+                host = jax.device_get(self.pending)  # waits for the steps dispatched so far
                 self._check_finite(host, self.pending_first_step)
                 elapsed = time.perf_counter() - window_start
                 record: dict[str, Any] = {
@@ -328,7 +327,12 @@ class TrainingLoop:
                     **resource_metrics(),
                 )
                 self.metrics.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4f}",
+                    img_s=f"{record['images_per_s']:.1f}",
+                    refresh=False,
+                )
+                bar.update(p.step_in_epoch - bar.n)
                 window_start, window_images, self.pending = time.perf_counter(), 0, []
             images_every = self.config.tracking.images_every
             if self.metrics.tracker is not None and images_every and p.step % images_every == 0:
@@ -341,6 +345,8 @@ class TrainingLoop:
                 raise Interrupted(
                     f"stopped by {signal.Signals(stop.signal).name} at step {p.step}", stop.signal
                 )
+        jax.block_until_ready(self.pending)  # validation comes next and would wait anyway
+        bar.update(p.step_in_epoch - bar.n)
         bar.close()
 
     def _log_samples(self, images: jax.Array) -> None:

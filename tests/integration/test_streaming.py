@@ -29,6 +29,7 @@ import pytest
 from imgae_dx_jax.config import load_config
 from imgae_dx_jax.data import DataError, load_splits
 from imgae_dx_jax.data.archive import ZipStore
+from imgae_dx_jax.data.http import download
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset
 from imgae_dx_jax.data.stores import sample_archive_path
 
@@ -365,6 +366,25 @@ def test_kaggle_server_without_range_falls_back_to_a_download(
         archive.ranges = True
     assert "downloading the whole file" in caplog.text
     assert len(catalog.records) == STAGE2
+
+
+def test_a_download_shows_its_bytes_and_resumes_its_count(tmp_path, bars):
+    data = bytes(range(256)) * 10_000
+    served = ArchiveServer(data)
+    try:
+        target = tmp_path / "archive.zip"
+        part = tmp_path / "archive.zip.part"
+        part.write_bytes(data[:1_000_000])  # a download cut short earlier
+        download(served.url, target, retries=0, timeout=5)
+        served.ranges = False  # a server without Range support: the whole file again
+        download(served.url, tmp_path / "again.zip", retries=0, timeout=5)
+    finally:
+        served.close()
+    assert target.read_bytes() == data
+    assert [(b.desc, b.initial, b.n, b.total, b.unit) for b in bars] == [
+        ("downloading archive.zip", 1_000_000, len(data), len(data), "B"),
+        ("downloading again.zip", 0, len(data), len(data), "B"),
+    ]
 
 
 def test_kaggle_dropped_connection_is_retried(tmp_path, kaggle_env, kaggle_user):

@@ -53,7 +53,7 @@ class FakeScores:
     def __init__(self, table: dict[str, np.ndarray]) -> None:
         self.table = table
 
-    def __call__(self, scorer, config, recs, store, *, keep_maps=False) -> SplitScores:
+    def __call__(self, scorer, config, recs, store, *, desc, keep_maps=False) -> SplitScores:
         rows = np.array([self.table[r.key] for r in recs]).reshape(len(recs), len(SCORES))
         peaks = np.abs(rows) + 1.0
         maps = np.zeros((len(recs), SIZE, SIZE), np.float32) if keep_maps else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,12 +11,16 @@ from flax import nnx
 from scipy.ndimage import median_filter as scipy_median
 
 from imgae_dx_jax.config import load_config
+from imgae_dx_jax.data.archive import ZipStore
+from imgae_dx_jax.data.nih import build_catalog
+from imgae_dx_jax.data.stores import sample_archive_path
 from imgae_dx_jax.families import create_model
 from imgae_dx_jax.inference import (
     Scorer,
     candidate_scores,
     median_filter,
     score_region,
+    score_split,
     top_mean,
     uses_median,
 )
@@ -91,3 +97,16 @@ def test_scores_ignore_the_border_and_only_the_border() -> None:
     assert core.shape == (2, 12, 12)
     assert core[0].max() == 0.0 and core[1].max() == 9.0
     np.testing.assert_array_equal(np.asarray(score_region(jnp.asarray(maps), 0.0)), maps)
+
+
+def test_scoring_a_split_shows_every_image_readable_or_not(bars) -> None:
+    settings = ["model.name=ae", "model.ae.widths=[4,8]", "data.image_size=16", "eval.batch_size=3"]
+    config = load_config(overrides=settings)
+    store = ZipStore(sample_archive_path())
+    records = list(build_catalog(store, ("images_001",)).records[:10])
+    records[-1] = dataclasses.replace(records[-1], key="gone.png", member="images_001/gone.png")
+    scorer = Scorer(create_model(config.model, 16, rngs=nnx.Rngs(0)), config)
+    split = score_split(scorer, config, records, store, desc="scoring test")
+    assert len(split.records) == 9 and split.skipped == {"unreadable (KeyError)": 1}
+    (bar,) = bars
+    assert (bar.desc, bar.total, bar.n, bar.unit) == ("scoring test", 10, 10, "img")

@@ -99,6 +99,13 @@ def test_decode_failures_are_remembered(tmp_path, catalog):
     assert skips.by_reason() == {"not_an_image": 1} and store.reads == 4
 
 
+def test_building_shows_images_and_megabytes_per_second(tmp_path, catalog, bars):
+    build_cache(CountingStore(tmp_path), catalog.records[:37], "images_001", 32, 2)
+    (bar,) = bars
+    assert (bar.desc, bar.total, bar.n, bar.unit) == ("caching images_001", 37, 37, "img")
+    assert bar.postfix.endswith(" MB/s")
+
+
 KILLER = textwrap.dedent(
     """
     import os, signal, sys

@@ -248,6 +248,16 @@ def test_bootstrap_ci_reproducible_and_contains_estimate() -> None:
     assert 0.0 <= low < high <= 1.0
 
 
+def test_bootstraps_show_their_resamples(bars) -> None:
+    labels, scores, groups = _patients(0, 40)
+    bootstrap_ci(labels, scores, groups, roc_auc, n_resamples=30)
+    paired_bootstrap(labels, scores, -scores, groups, n_resamples=20)
+    assert [(b.desc, b.total, b.n, b.unit) for b in bars] == [
+        ("patient bootstrap", 30, 30, "resample"),
+        ("patient bootstrap", 20, 20, "resample"),
+    ]
+
+
 def test_bootstrap_ci_narrower_with_more_patients() -> None:
     small = _patients(1, 60)
     large = _patients(1, 1500)

@@ -1,0 +1,28 @@
+"""The training bar counts finished steps: it moves where the loop waits for the device."""
+
+from imgae_dx_jax.config import load_config
+from imgae_dx_jax.training.train import train
+
+
+def test_the_training_bar_moves_at_synchronised_steps_only(tmp_path, bars):
+    config = load_config(
+        overrides=[
+            "model.name=ae",
+            "model.ae.widths=[4,8]",
+            "model.ae.latent_dim=4",
+            "data.image_size=16",
+            "data.cache=false",
+            "train.batch_size=8",
+            "train.epochs=1",
+            "train.max_steps=7",
+            "train.log_every=3",
+            "tracking.wandb=disabled",
+        ]
+    )
+    train(config, tmp_path / "run")
+    (bar,) = [b for b in bars if b.unit == "step"]
+    assert bar.desc == "images_001 epoch 1/1" and bar.total > 7  # max_steps cuts the epoch
+    # Steps 3 and 6 are log steps (train.log_every), where the metrics are fetched; step 7 is
+    # the end of the (cut) epoch, where the loop waits for the last steps.
+    assert bar.counts == [3, 6, 7]
+    assert "img_s=" in bar.postfix and "loss=" in bar.postfix
