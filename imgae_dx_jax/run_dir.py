@@ -72,10 +72,11 @@ tracking. Any other setting shapes the model (learning rate, epochs, step budget
 ...), new ones included."""
 _BUDGET_KEYS = ("train.epochs", "train.max_steps")
 """Settings that shape the model by how long it trains: changing them is how a run trains on."""
-_LEGACY_VALUES = {
+_LEGACY_VALUES: dict[tuple[str, ...], Any] = {
     ("data", "intensity"): "none",
     ("train", "lr_schedule"): "constant",
     ("eval", "border"): 0.0,
+    ("model", "ae", "uncertainty"): False,
 }
 """Settings whose behaviour before they existed differs from their default today: a run made
 before them gets these values, not the defaults."""
@@ -119,10 +120,14 @@ def read_config(path: Path) -> Config:
     """
     tree = yaml.safe_load(path.read_text())
     legacy = []
-    for (section, key), value in _LEGACY_VALUES.items():
-        if isinstance(tree.get(section), dict) and key not in tree[section]:
-            tree[section][key] = value
-            legacy.append(f"{section}.{key}={value}")
+    for path_keys, value in _LEGACY_VALUES.items():
+        *sections, key = path_keys
+        node = tree
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key not in node:
+            node[key] = value
+            legacy.append(f"{'.'.join(path_keys)}={value}")
     if legacy:
         log.info("%s predates these settings; keeping its behaviour: %s", path, ", ".join(legacy))
     added = _fill_missing(tree, to_dict(load_config()))

@@ -125,6 +125,8 @@ def measure_model(model: str, size: int, args: argparse.Namespace) -> dict[str, 
                 f"data.image_size={size}",
                 f"train.batch_size={args.batch}",
                 f"model.fast_path={PATHS[label]}",
+                # The PyTorch reference is the plain AE (MSE, one output channel).
+                *(["model.ae.uncertainty=false"] if model == "ae" else []),
             ]
         )
         # Throughput only: the step budget shapes nothing but a cosine schedule's length.

@@ -1,7 +1,8 @@
-"""``ae``: a plain convolutional autoencoder with a dense bottleneck, trained on MSE.
+"""``ae``: a convolutional autoencoder with a dense bottleneck.
 
-Anomaly map: the residual ``|x - x_hat|``. With ``model.ae.uncertainty`` (Mao et al., MICCAI
-2020) the decoder also predicts a per-pixel log-variance, the model is trained on the Gaussian
+Without ``model.ae.uncertainty`` (the plain AE) it is trained on MSE and its anomaly map is
+the residual ``|x - x_hat|``. With it (the default; Mao et al., MICCAI 2020) the decoder also
+predicts a per-pixel log-variance, the model is trained on the Gaussian
 negative log-likelihood (:func:`~imgae_dx_jax.families.losses.gaussian_nll`) and the map is the
 squared error divided by the predicted variance, ``(x - mu)^2 / exp(logvar)``.
 """

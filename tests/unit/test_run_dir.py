@@ -64,16 +64,31 @@ def test_calibration_round_trip_and_errors(tmp_path):
         rundir.load_calibration(tmp_path)
 
 
-def test_a_run_from_before_intensity_normalisation_keeps_none(tmp_path, caplog):
+@pytest.mark.parametrize(
+    ("path", "before"),
+    [
+        (("data", "intensity"), "none"),
+        (("train", "lr_schedule"), "constant"),
+        (("eval", "border"), 0.0),
+        (("model", "ae", "uncertainty"), False),
+    ],
+)
+def test_a_run_from_before_a_setting_keeps_its_old_behaviour(tmp_path, caplog, path, before):
     config = load_config(overrides=["model.name=ae"])
-    assert config.data.intensity == "minmax"
     rundir.write_config(config, tmp_path)
     tree = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    del tree["data"]["intensity"]
+    *sections, key = path
+    node = tree
+    for section in sections:
+        node = node[section]
+    assert node.pop(key) != before  # today's default differs from the old behaviour
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     with caplog.at_level("INFO", logger="imgae_dx_jax"):
         old = rundir.read_config(tmp_path / "config.yaml")
-    assert old.data.intensity == "none" and "data.intensity=none" in caplog.text
+    value: object = old
+    for part in path:
+        value = getattr(value, part)
+    assert value == before and f"{'.'.join(path)}={before}" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -298,6 +298,10 @@ def test_uncertainty_ae_trains_on_the_nll_and_maps_error_over_variance():
         amap, ((batch - mean) ** 2 / jnp.exp(logvar))[..., 0], rtol=1e-5, atol=1e-7
     )
     # Without the option the model has one output channel and no variance.
-    plain = create_model(config("ae").model, SIZE, rngs=nnx.Rngs(0))
+    plain_cfg = config("ae", "model.ae.uncertainty=false")
+    plain = create_model(plain_cfg.model, SIZE, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="uncertainty"):
         plain.mean_and_logvar(batch)
+    # ... and its map is the absolute residual.
+    x_plain, plain_map = anomaly_maps(plain, batch, plain_cfg.model)
+    np.testing.assert_allclose(plain_map, jnp.abs(batch - x_plain)[..., 0], rtol=1e-6)

@@ -16,8 +16,9 @@ SMALL = {
     "ae": ["model.ae.widths=[8,16]", "model.ae.latent_dim=8"],
 }
 # Parameter counts at the default widths for 64x64 images. The U-Net count matches the
-# PyTorch reference; RA and AE grow with the image size through their dense layers.
-DEFAULT_PARAMS = {"unet": 1_927_841, "ra": 6_967_937, "ae": 921_329}
+# PyTorch reference; RA and AE grow with the image size through their dense layers. The AE
+# has its uncertainty head (two output channels).
+DEFAULT_PARAMS = {"unet": 1_927_841, "ra": 6_967_937, "ae": 921_618}
 
 
 def n_params(model: nnx.Module) -> int:
