@@ -12,6 +12,8 @@ evaluation's anomaly maps; peak host RSS; device memory on a GPU/TPU. For the U-
 AE the PyTorch reference (``benchmarks/torch_reference.py``, run by ``--torch-python`` as a
 server in a subprocess) is timed in the same rounds, interleaved with the Flax steps, so that
 the ratio is taken on the same machine state; its parameter count must equal the Flax one.
+The load average is recorded before and after every round; where it exceeded the number of
+cores the table prints no ratio (the figures stay in the JSON, with ``idle: false``).
 Then the data figures of ``scripts/bench_data.py`` and the wall time and peak RSS of
 ``python -m imgae_dx_jax.train --stage images_001`` (temporary run and cache directories).
 """
@@ -169,13 +171,19 @@ def measure_model(model: str, size: int, args: argparse.Namespace) -> dict[str, 
             name: {**server.info, "params": torch_params, "times": []}
             for name, server in servers.items()
         }
-    # Interleaved rounds: every implementation runs a few steps in turn.
+    # Interleaved rounds: every implementation runs a few steps in turn. The 1-minute load
+    # average is read before and after each round: a ratio taken while other work competed
+    # for the cores is not reported as one (see :func:`machine_was_idle`).
+    result["load_per_round"] = []
     for _ in range(args.rounds):
+        before = os.getloadavg()[0]
         for entry in flax.values():
             entry["times"] += [entry["run"]() for _ in range(args.steps_per_round)]
         for name, server in servers.items():
             answer = server.ask(cmd="steps", n=args.steps_per_round)
             result["torch"][name]["times"] += answer["times"]
+        result["load_per_round"].append([before, os.getloadavg()[0]])
+    result["idle"] = machine_was_idle(result["load_per_round"])
     for label, entry in flax.items():
         config, trainer = entry.pop("eval")
         entry.pop("run")
@@ -200,6 +208,17 @@ def measure_model(model: str, size: int, args: argparse.Namespace) -> dict[str, 
     result["device_peak_mb"] = stats.get("peak_bytes_in_use", 0) / 2**20 if stats else None
     del jnp
     return result
+
+
+def machine_was_idle(loads: list[list[float]], cpus: int | None = None) -> bool:
+    """Whether every round ran with a load average at or below the number of cores.
+
+    The benchmark itself keeps up to one process busy per thread it uses, so a load above the
+    core count means other work was competing for them and the timings (and any Flax/PyTorch
+    ratio) are not those of an idle machine.
+    """
+    limit = cpus or os.cpu_count() or 1
+    return all(load <= limit for pair in loads for load in pair)
 
 
 def eval_rate(config: Any, trainer: Any, batch: int, anomaly_maps: Any) -> float:
@@ -354,7 +373,12 @@ def table(results: dict[str, Any]) -> str:
                 f"| {e['images_per_s']:.1f} | {e['first_step_s']:.1f} "
                 f"| {e['eval_images_per_s']:.0f} | {r['peak_rss_mb']:.0f} "
                 + (
-                    f"| {torch['step_s']:.3f} ({torch['threads']} thr) | {e['torch_ratio']:.2f}x |"
+                    f"| {torch['step_s']:.3f} ({torch['threads']} thr) | "
+                    + (
+                        f"{e['torch_ratio']:.2f}x |"
+                        if r.get("idle", False)
+                        else f"not reported: load {max(max(p) for p in r['load_per_round']):.1f} |"
+                    )
                     if torch
                     else "| - | - |"
                 )

@@ -1,0 +1,66 @@
+"""The benchmark scripts' reporting: what they print is what they measured."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def model_row(loads):
+    entry = {
+        "step_s": 0.5,
+        "images_per_s": 32.0,
+        "first_step_s": 9.0,
+        "eval_images_per_s": 400.0,
+        "torch_ratio": 0.8,
+    }
+    return {
+        "model": "unet",
+        "size": 64,
+        "fast": entry,
+        "peak_rss_mb": 900.0,
+        "torch_best": {"step_s": 0.625, "threads": 2},
+        "load_per_round": loads,
+        "idle": load("bench").machine_was_idle(loads, cpus=2),
+    }
+
+
+def test_speed_ratio_is_printed_only_from_an_idle_machine():
+    bench = load("bench")
+    assert bench.machine_was_idle([[0.4, 1.2], [1.2, 2.0]], cpus=2)
+    assert not bench.machine_was_idle([[0.4, 1.2], [1.9, 3.5]], cpus=2)
+    idle = bench.table({"models": [model_row([[0.4, 1.2], [1.2, 2.0]])]})
+    assert "| 0.80x |" in idle
+    busy = bench.table({"models": [model_row([[0.4, 1.2], [1.9, 3.5]])]})
+    assert "0.80x" not in busy and "not reported: load 3.5" in busy
+
+
+def test_quality_table_shows_the_validation_auroc_used_to_choose():
+    quality = load("bench_quality")
+    row = {
+        "dataset": "pediatric",
+        "variant": "ae",
+        "image_size": 64,
+        "val_auroc": 0.9745,
+        "auroc": 0.9601,
+        "auroc_ci": [0.9436, 0.9734],
+        "auprc": 0.95,
+        "auprc_ci": [0.93, 0.97],
+        "score": "top10",
+        "epochs": 5,
+        "steps": 305,
+        "train_s": 88.0,
+    }
+    line = quality.table({"results": [row]}).splitlines()[-1]
+    assert line.startswith("| pediatric | ae | 64 | 0.975 | 0.960 (0.944-0.973) |")
+    metrics = {"auroc": 0.96, "score": "top10", "score_val_auroc": {"mean": 0.9, "top10": 0.97}}
+    assert quality.summarise(metrics)["val_auroc"] == 0.97
