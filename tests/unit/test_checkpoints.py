@@ -7,12 +7,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grain
+import jax
 import numpy as np
 import pytest
 
 from imgae_dx_jax import checkpoints
 from imgae_dx_jax.checkpoints import MIRROR_TMP_PREFIX, Checkpoints, Mirror
-from imgae_dx_jax.errors import CheckpointError
+from imgae_dx_jax.config import load_config
+from imgae_dx_jax.errors import CheckpointError, ConfigError
+from imgae_dx_jax.training import train
 
 
 class Killed(Exception):
@@ -133,3 +136,11 @@ def test_a_failed_copy_is_reported_by_wait(tmp_path, monkeypatch):
         ckpts.wait()
     ckpts.close()
     assert names(tmp_path / "checkpoints") == {"1", f"{MIRROR_TMP_PREFIX}2"}
+
+
+def test_a_run_of_several_processes_writes_checkpoints_in_the_run_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    config = load_config(overrides=[f"train.local_checkpoint_dir={tmp_path / 'local'}"])
+    with pytest.raises(ConfigError, match=r"train\.local_checkpoint_dir: every process"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "local").exists()

@@ -10,7 +10,7 @@ import yaml
 from imgae_dx_jax import __version__
 from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.config import load_config
-from imgae_dx_jax.errors import FinishedRunError, RunDirError, RunError
+from imgae_dx_jax.errors import ConfigError, FinishedRunError, RunDirError, RunError
 
 
 def older_release(path) -> None:
@@ -156,3 +156,6 @@ def test_each_run_directory_has_its_own_local_checkpoint_directory(tmp_path):
     assert first.parent == second.parent == tmp_path / "local"
     assert first.name.startswith("ae-")
     assert rundir.local_checkpoints_dir(tmp_path / "a" / "ae", config) == first
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"train\.local_checkpoint_dir"):
+        load_config(overrides=[f"train.local_checkpoint_dir={tmp_path / 'file'}"])
