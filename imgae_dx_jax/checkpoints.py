@@ -15,14 +15,27 @@ The last ``keep`` checkpoints are kept, plus the one with the lowest validation 
 A save that fails (disk full, an I/O error) raises :class:`CheckpointError` naming the step,
 the cause and the newest complete checkpoint, which is left untouched; the half-written
 temporary directory is removed when the run directory is next opened.
+
+With a staging directory (``train.local_checkpoint_dir``, for a run directory on Google Drive
+or another lazily synced mount), Orbax writes to local disk and a background thread copies
+each finished checkpoint into ``<run>/checkpoints``: the files go to ``tmp-mirror-<step>``,
+are flushed (fsync), and the directory is renamed to ``<step>`` in one step; old ones leave
+the same way, renamed away before they are deleted. Whenever the process dies, the run
+directory holds only complete checkpoints, and it is the reference: opening it deletes the
+``tmp-mirror-*`` leftovers and makes the staging directory a copy of it, so a new machine (an
+empty staging directory) resumes from the run directory alone. :meth:`Checkpoints.wait` and
+:meth:`Checkpoints.close` return once the copy is done.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +54,28 @@ _policies = ocp.checkpoint_managers
 
 
 class Checkpoints:
-    """Checkpoints of one run directory (``<run>/checkpoints/<step>/``)."""
+    """Checkpoints of one run directory (``<run>/checkpoints/<step>/``).
 
-    def __init__(self, directory: Path, *, keep: int = 3) -> None:
+    Args:
+        directory: ``<run>/checkpoints``.
+        keep: how many of the newest checkpoints are kept (plus the best one).
+        staging: a local directory that Orbax writes to; each finished checkpoint is then
+            copied to ``directory`` (see the module's description). None: Orbax writes to
+            ``directory``.
+    """
+
+    def __init__(self, directory: Path, *, keep: int = 3, staging: Path | None = None) -> None:
         self.directory = Path(directory).absolute()
+        self._mirror = None if staging is None else Mirror(Path(staging).absolute(), self.directory)
+        self._mirroring: threading.Thread | None = None
+        self._mirror_error: CheckpointError | None = None
+        if self._mirror is not None:
+            try:
+                self._mirror.pull()
+            except OSError as err:
+                raise CheckpointError(
+                    f"cannot copy the checkpoints of {self.directory} to {staging}: {err}"
+                ) from None
         policy = _policies.AnyPreservationPolicy(
             [
                 _policies.LatestN(n=keep),
@@ -62,12 +93,11 @@ class Checkpoints:
             enable_async_checkpointing=True,
             cleanup_tmp_directories=True,  # the leftovers of a failed or killed save
         )
+        written = self.directory if self._mirror is None else self._mirror.local
         try:
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
+            self._manager = ocp.CheckpointManager(written, options=options)
         except OSError as err:
-            raise CheckpointError(
-                f"cannot use the checkpoint directory {self.directory}: {err}"
-            ) from None
+            raise CheckpointError(f"cannot use the checkpoint directory {written}: {err}") from None
         self._pending: int | None = None
 
     def save(
@@ -83,7 +113,8 @@ class Checkpoints:
 
         The arrays are copied to host memory before this returns, so training may go on (and
         donate its buffers) while the files are written. A second save at the same step is
-        skipped. :meth:`close` waits for pending writes.
+        skipped. :meth:`close` waits for pending writes. With a staging directory, a thread
+        copies the checkpoint to the run directory once it is written.
         """
         if step in self._manager.all_steps():
             return
@@ -103,18 +134,45 @@ class Checkpoints:
         except Exception as err:
             raise self._write_error(step, err) from None
         self._pending = step
+        if self._mirror is not None:
+            self._mirroring = threading.Thread(
+                target=self._copy_when_written, args=(step,), name=f"mirror checkpoint {step}"
+            )
+            self._mirroring.start()
 
     def wait(self) -> None:
-        """Wait until the pending save is on disk.
+        """Wait until the pending save is on disk (and copied to the run directory).
 
         Raises:
             CheckpointError: when it failed (the previous checkpoint is intact).
         """
         step, self._pending = self._pending, None
+        if self._mirroring is not None:
+            self._mirroring.join()
+            self._mirroring = None
+        error, self._mirror_error = self._mirror_error, None
+        if error is not None:
+            raise error
         try:
             self._manager.wait_until_finished()
         except Exception as err:
             raise self._write_error(step, err) from None
+
+    def _copy_when_written(self, step: int) -> None:
+        """The mirroring thread: wait for Orbax to finish ``step``, then copy it."""
+        assert self._mirror is not None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as err:
+            self._mirror_error = self._write_error(step, err)
+            return
+        try:
+            self._mirror.push(step, keep=self._manager.all_steps())
+        except Exception as err:  # any failure must reach wait(), not die with the thread
+            self._mirror_error = CheckpointError(
+                f"checkpoint {step} is written in {self._mirror.local} but could not be copied "
+                f"to {self.directory}: {err}; the checkpoints already there are intact"
+            )
 
     def _write_error(self, step: int | None, err: BaseException) -> CheckpointError:
         text = str(err)
@@ -134,7 +192,8 @@ class Checkpoints:
             else "no earlier checkpoint exists"
         )
         what = "a checkpoint" if step is None else f"checkpoint {step}"
-        return CheckpointError(f"could not write {what} in {self.directory}: {cause}; {kept}")
+        where = self._manager.directory
+        return CheckpointError(f"could not write {what} in {where}: {cause}; {kept}")
 
     def steps(self) -> list[int]:
         """Return the steps with a complete checkpoint, oldest first."""
@@ -198,7 +257,9 @@ class Checkpoints:
             str(err).splitlines()[0][:200],
             target,
         )
-        shutil.move(str(self.directory / str(step)), target)
+        shutil.move(str(self._manager.directory / str(step)), self._manager.directory / target.name)
+        if self._mirror is not None:
+            self._mirror.set_aside(step, target)
         self._manager.reload()
 
     def close(self, *, raise_errors: bool = True) -> None:
@@ -219,6 +280,108 @@ class Checkpoints:
                 self._manager.close()
             except Exception as err:  # the failed save is reported above
                 log.debug("closing the checkpoint manager: %s", err)
+
+
+MIRROR_TMP_PREFIX = "tmp-mirror-"
+"""Names of directories being copied in or out of a checkpoint directory; never restored."""
+
+
+class Mirror:
+    """Complete checkpoints copied between a local directory and the run directory.
+
+    Every step directory appears under its final name by one rename, after its files are
+    flushed, and leaves by a rename before it is deleted, so a process killed at any point
+    leaves only complete checkpoints under step names (and ``tmp-mirror-*`` leftovers).
+    """
+
+    def __init__(self, local: Path, remote: Path) -> None:
+        self.local = local
+        """The staging directory Orbax writes to."""
+        self.remote = remote
+        """``<run>/checkpoints``: the reference, and what a new machine restores from."""
+
+    def pull(self) -> None:
+        """Make the local directory a copy of the remote one, removing leftovers of both.
+
+        A local checkpoint missing from the run directory, or different from its copy there,
+        is deleted (it belongs to an older run, or it was written but not yet copied when the
+        process died); a remote one missing locally (a new machine) is copied in.
+        """
+        for directory in (self.local, self.remote):
+            directory.mkdir(parents=True, exist_ok=True)
+            for leftover in directory.glob(f"{MIRROR_TMP_PREFIX}*"):
+                shutil.rmtree(leftover)
+        remote = _step_dirs(self.remote)
+        for step, path in _step_dirs(self.local).items():
+            if step not in remote or _file_sizes(path) != _file_sizes(remote[step]):
+                _remove(path)
+        local = _step_dirs(self.local)
+        for step, path in remote.items():
+            if step not in local:
+                _copy_step(path, self.local)
+
+    def push(self, step: int, keep: Collection[int]) -> None:
+        """Copy the finished local checkpoint ``step`` to the run directory.
+
+        Then delete the remote checkpoints not in ``keep`` (those Orbax keeps locally).
+        """
+        if not (self.remote / str(step)).is_dir():
+            _copy_step(self.local / str(step), self.remote)
+        for old, path in _step_dirs(self.remote).items():
+            if old not in keep:
+                _remove(path)
+
+    def set_aside(self, step: int, target: Path) -> None:
+        """Move the run directory's copy of ``step`` to ``target`` there (it is unreadable)."""
+        remote = self.remote / str(step)
+        if remote.is_dir():
+            remote.rename(self.remote / target.name)
+
+
+def _step_dirs(directory: Path) -> dict[int, Path]:
+    return {int(p.name): p for p in directory.iterdir() if p.name.isdigit() and p.is_dir()}
+
+
+def _file_sizes(directory: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(directory)): p.stat().st_size for p in directory.rglob("*") if p.is_file()
+    }
+
+
+def _copy_step(source: Path, destination: Path) -> None:
+    """Copy the step directory ``source`` into ``destination``, whole or not at all."""
+    partial = destination / f"{MIRROR_TMP_PREFIX}{source.name}"
+    shutil.copytree(source, partial, copy_function=_copy_file)
+    for directory in sorted({partial, *(p for p in partial.rglob("*") if p.is_dir())}):
+        _fsync_dir(directory)
+    partial.rename(destination / source.name)
+    _fsync_dir(destination)
+
+
+def _copy_file(source: str, destination: str) -> None:
+    """Copy one file and flush it to the storage (``shutil.copytree``'s copy function)."""
+    shutil.copyfile(source, destination)
+    with open(destination, "rb+") as copy:
+        os.fsync(copy.fileno())
+
+
+def _remove(step_dir: Path) -> None:
+    """Delete a step directory: renamed out of the step names first, then deleted."""
+    doomed = step_dir.with_name(f"{MIRROR_TMP_PREFIX}{step_dir.name}")
+    step_dir.rename(doomed)
+    _fsync_dir(step_dir.parent)
+    shutil.rmtree(doomed)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Flush a directory's entries (new names, renames) to the storage."""
+    if os.name != "posix":  # Windows cannot open a directory to flush it
+        return
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 class SaveCadence:

@@ -246,6 +246,11 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
             "train.compilation_cache",
             f'{t.compilation_cache!r} is a file; give a directory, "" (the default) or none',
         )
+    if t.local_checkpoint_dir and Path(t.local_checkpoint_dir).expanduser().is_file():
+        fail(
+            "train.local_checkpoint_dir",
+            f'{t.local_checkpoint_dir!r} is a file; give a directory, or "" (the default) for none',
+        )
     e = config.eval
     if e.score != "auto" and e.score not in SCORES:
         fail("eval.score", f"unknown score {e.score!r}; choose auto or one of {', '.join(SCORES)}")

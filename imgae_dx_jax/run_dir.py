@@ -3,7 +3,8 @@
 ::
 
     <run>/config.yaml        the resolved config, data.stages = every stage trained so far
-    <run>/checkpoints/<step> full training state (:mod:`imgae_dx_jax.checkpoints`)
+    <run>/checkpoints/<step> full training state (:mod:`imgae_dx_jax.checkpoints`), written
+                             there or, with ``train.local_checkpoint_dir``, copied there
     <run>/splits.json        the images of each split (held-out checks of evaluation)
     <run>/metrics.jsonl      the training log
     <run>/export/model       the inference export (:func:`imgae_dx_jax.checkpoints.export_model`)
@@ -64,6 +65,7 @@ _MODEL_NEUTRAL_KEYS = (
     "train.keep_checkpoints",
     "train.shard_params",
     "train.compilation_cache",
+    "train.local_checkpoint_dir",
 )
 """Settings that leave the trained model as it is (with every section in
 ``_MODEL_NEUTRAL_SECTIONS`` and the settings of the other model families): where the data is
@@ -90,6 +92,19 @@ def default_run_dir(config: Config) -> Path:
 def checkpoints_dir(run_dir: Path) -> Path:
     """``<run>/checkpoints``."""
     return run_dir / CHECKPOINTS
+
+
+def local_checkpoints_dir(run_dir: Path, config: Config) -> Path | None:
+    """Where checkpoints are written before they are copied to :func:`checkpoints_dir`.
+
+    ``<train.local_checkpoint_dir>/<run name>-<hash of the run directory's path>``, one per
+    run directory; None when ``train.local_checkpoint_dir`` is ``""``.
+    """
+    if not config.train.local_checkpoint_dir:
+        return None
+    path_hash = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]
+    root = Path(config.train.local_checkpoint_dir).expanduser()
+    return root / f"{run_dir.resolve().name}-{path_hash}"
 
 
 def export_dir(run_dir: Path) -> Path:

@@ -204,6 +204,12 @@ class TrainConfig:
     """Directory of JAX's persistent compilation cache, so that a restart loads the compiled
     steps instead of compiling them again: ``""`` for ``jax_compilation_cache`` in the data
     cache directory, ``none`` to disable it."""
+    local_checkpoint_dir: str = ""
+    """For a run directory on a slow or lazily synced mount (Google Drive on Colab): write
+    checkpoints in a per-run directory under this local directory, and copy each finished one
+    into ``<run>/checkpoints`` (a complete directory appears there by one rename). A new
+    machine restores from the run directory alone. ``""`` writes them into the run directory
+    directly. One process only."""
 
 
 @dataclass(frozen=True)

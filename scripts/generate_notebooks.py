@@ -442,7 +442,9 @@ def nih_progressive_colab() -> list[NotebookNode]:
             `DRIVE_ROOT/kaggle.json`.
 
             **Resume after a disconnect:** the run directories and the stage cache live on Google
-            Drive, and the trainer checkpoints every few minutes. When Colab disconnects, just
+            Drive, and the trainer checkpoints every few minutes (written on the VM's disk, then
+            copied to Drive whole, so Drive never holds half a checkpoint; the `colab_*`
+            configs' `train.local_checkpoint_dir`). When Colab disconnects, just
             **run all cells again**: training continues from the last checkpoint (the trainer's
             `--resume auto` with the same `--run-dir`), stages already done are skipped. To
             train more stages later, add them to `STAGES` and run again: the model carries over.
@@ -660,6 +662,25 @@ def nih_progressive_colab() -> list[NotebookNode]:
         ),
         code(EVALUATE),
         code(SHOW),
+        md(
+            """
+            ## Finish the upload to Drive
+
+            Training returns once its last checkpoint is copied into the run directory on
+            Drive, but Colab uploads Drive files in the background. Run this cell before you
+            close the notebook: it waits until everything is uploaded, then unmounts Drive
+            (run the "Google Drive" cell again to use it).
+            """
+        ),
+        code(
+            """
+            if IN_COLAB:
+                from google.colab import drive
+
+                drive.flush_and_unmount()
+                print("Drive is up to date and unmounted")
+            """
+        ),
     ]
 
 

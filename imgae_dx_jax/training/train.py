@@ -87,8 +87,16 @@ def train(
             f"train.batch_size: {config.train.batch_size} is not divisible by "
             f"the {mesh.size} devices"
         )
+    staging = rundir.local_checkpoints_dir(run_dir, config)
+    if staging is not None and jax.process_count() > 1:
+        raise ConfigError(
+            "train.local_checkpoint_dir: every process writes its part of a checkpoint, so a "
+            'run of several processes writes them in the run directory: set it to ""'
+        )
     main = distributed.is_main_process()
-    checkpoints = Checkpoints(rundir.checkpoints_dir(run_dir), keep=config.train.keep_checkpoints)
+    checkpoints = Checkpoints(
+        rundir.checkpoints_dir(run_dir), keep=config.train.keep_checkpoints, staging=staging
+    )
     finished = False
     try:
         wanted = source_stages(config.data)
@@ -151,7 +159,7 @@ def train(
                     break
         finally:
             loop.log_skips()
-        checkpoints.wait()  # the last checkpoint is on disk before the export is written
+        checkpoints.wait()  # the last checkpoint is in the run directory before the export
         model_state, _ = trainer.parts()
         export_model(run_dir, run_config, model_state)
         finished = True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +18,11 @@ import orbax.checkpoint as ocp
 import pytest
 import yaml
 
+from imgae_dx_jax.checkpoints import MIRROR_TMP_PREFIX, Checkpoints
+from imgae_dx_jax.config import load_config
 from imgae_dx_jax.data.stores import sample_archive_path
 from imgae_dx_jax.train import main as train_main
+from imgae_dx_jax.training import train
 
 pytestmark = pytest.mark.slow
 
@@ -238,3 +243,87 @@ def test_run_of_an_older_release_resumes(tmp_path, capsys):
     assert "predates these settings" in err and "model.fast_path" in err
     assert "resuming from checkpoint 2" in err
     assert 4 in completed_steps(run)
+
+
+# Trains with every file copied to the run directory slowed down, like a lazily synced mount.
+SLOW_MOUNT_TRAINING = """
+import sys, time
+from pathlib import Path
+from imgae_dx_jax import checkpoints
+from imgae_dx_jax.config import load_config
+from imgae_dx_jax.training import train
+
+copy = checkpoints._copy_file
+
+def slow_copy(source, destination):
+    time.sleep(float(sys.argv[1]))
+    copy(source, destination)
+
+checkpoints._copy_file = slow_copy
+train(load_config(overrides=sys.argv[3:]), Path(sys.argv[2]))
+"""
+
+
+def test_a_run_on_a_slow_mount_killed_at_any_point_restores_from_the_run_directory(
+    tmp_path, caplog
+):
+    run, local = tmp_path / "run on a slow mount", tmp_path / "local disk"
+    settings = [
+        "model.name=ae",
+        "model.ae.widths=[8,16,32]",
+        "model.ae.latent_dim=8",
+        "data.image_size=32",
+        "train.batch_size=8",
+        "train.epochs=1",
+        "train.max_steps=12",
+        "train.checkpoint_every_steps=1",
+        "train.keep_checkpoints=2",
+        f"train.local_checkpoint_dir={local}",
+        "tracking.wandb=disabled",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_MOUNT_TRAINING, "0.02", str(run), *settings],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    # Freezing the process (SIGSTOP) and copying the run directory gives what a kill at that
+    # moment leaves there; many such moments, then a real SIGKILL.
+    pauses, snapshots, caught_copying = random.Random(0), [], 0
+    try:
+        wait_for(lambda: completed_steps(run) or process.poll() is not None)
+        while len(snapshots) < 8 and process.poll() is None:
+            time.sleep(pauses.uniform(0.05, 0.5))
+            snapshot = tmp_path / f"killed {len(snapshots)}" / "checkpoints"
+            process.send_signal(signal.SIGSTOP)
+            try:
+                shutil.copytree(run / "checkpoints", snapshot)
+            finally:
+                process.send_signal(signal.SIGCONT)
+            caught_copying += any(snapshot.glob(f"{MIRROR_TMP_PREFIX}*"))
+            snapshots.append(snapshot)
+        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        process.kill()
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert caught_copying, "no kill fell in the middle of a copy: slow the copies down"
+
+    for number, snapshot in enumerate(snapshots):  # each restored on a new machine
+        newest = max(int(p.name) for p in snapshot.iterdir() if p.name.isdigit())
+        checkpoints = Checkpoints(snapshot, keep=2, staging=tmp_path / f"new machine {number}")
+        step, restored = checkpoints.restore_latest(None, None)
+        kept = {str(s) for s in checkpoints.steps()}
+        checkpoints.close()
+        assert step == newest == restored["meta"]["progress"]["step"]  # none was set aside
+        assert {p.name for p in snapshot.iterdir()} == kept  # and no leftover remains
+
+    last = max(completed_steps(run))
+    assert last < 12
+    shutil.rmtree(local)  # a new machine
+    with caplog.at_level("INFO", logger="imgae_dx_jax"):
+        train(load_config(overrides=settings), run)
+    assert f"resuming from checkpoint {last} " in caplog.text
+    assert max(completed_steps(run)) == 12
+    assert not any((run / "checkpoints").glob(f"{MIRROR_TMP_PREFIX}*"))

@@ -10,7 +10,7 @@ import yaml
 from imgae_dx_jax import __version__
 from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.config import load_config
-from imgae_dx_jax.errors import FinishedRunError, RunDirError, RunError
+from imgae_dx_jax.errors import ConfigError, FinishedRunError, RunDirError, RunError
 
 
 def older_release(path) -> None:
@@ -135,6 +135,7 @@ def test_a_finished_run_may_be_rerun_with_settings_that_leave_its_model(caplog):
         "data.cache_dir=/elsewhere",
         "train.log_every=1",
         "train.keep_checkpoints=1",
+        "train.local_checkpoint_dir=/content/checkpoints",
         "model.fast_path=never",
         "model.unet.learning_rate=0.5",  # another family's setting
         "data.stages=[images_002]",  # a stage it has trained
@@ -144,3 +145,17 @@ def test_a_finished_run_may_be_rerun_with_settings_that_leave_its_model(caplog):
         rundir.check_compatible(saved, new, trains=False)
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     assert "resuming with a changed setting eval.threshold: 'specificity' -> 'f1'" in caplog.text
+
+
+def test_each_run_directory_has_its_own_local_checkpoint_directory(tmp_path):
+    assert rundir.local_checkpoints_dir(tmp_path / "ae", load_config()) is None
+    config = load_config(overrides=[f"train.local_checkpoint_dir={tmp_path / 'local'}"])
+    first = rundir.local_checkpoints_dir(tmp_path / "a" / "ae", config)
+    second = rundir.local_checkpoints_dir(tmp_path / "b" / "ae", config)
+    assert first is not None and second is not None and first != second
+    assert first.parent == second.parent == tmp_path / "local"
+    assert first.name.startswith("ae-")
+    assert rundir.local_checkpoints_dir(tmp_path / "a" / "ae", config) == first
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"train\.local_checkpoint_dir"):
+        load_config(overrides=[f"train.local_checkpoint_dir={tmp_path / 'file'}"])
