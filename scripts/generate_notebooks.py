@@ -7,8 +7,9 @@ the cells here, never the ``.ipynb`` files, then run
     python scripts/generate_notebooks.py --check  # exit 1 when a committed notebook differs
 
 ``tests/integration/test_notebooks.py`` fails when a committed notebook differs from what this
-script produces, and executes ``quickstart.ipynb`` headlessly with tiny settings injected after
-its ``parameters`` cell (the papermill convention).
+script produces, and executes the notebooks headlessly with tiny settings injected after their
+``parameters`` cell (the papermill convention): the Colab and Kaggle ones in a fresh venv, from
+their install cell on.
 
 Generation is deterministic: no timestamps, no outputs, and cell ids derived from the
 notebook name and the cell position.
@@ -723,11 +724,10 @@ def nih_kaggle_notebook() -> list[NotebookNode]:
             This cell is tagged `parameters` (papermill). The packaged `nih_kaggle` config sets
             the `folder` source at `/kaggle/input/data`, image size 128, batch size 64 and the
             cache directory. `DATA_DIR = ""` finds the folder holding `Data_Entry_2017.csv`
-            under `/kaggle/input`. `SETTINGS` takes any `--set key=value` override.
+            under `INPUT_DIR`, where Kaggle puts the notebook's inputs (`/kaggle/input`).
+            `SETTINGS` takes any `--set key=value` override.
             """,
-            package_note(
-                "under `/kaggle/input` (upload it as a dataset and add it with Add Input)"
-            ),
+            package_note("under `INPUT_DIR` (upload it as a dataset and add it with Add Input)"),
         ),
         code(
             """
@@ -738,7 +738,8 @@ def nih_kaggle_notebook() -> list[NotebookNode]:
             BATCH_SIZE = 0                 # 0 = the config's (64)
             MAX_STEPS = 0                  # stop each model after this many steps; 0 = no limit
             CONFIG = "nih_kaggle"          # packaged config name or a YAML path
-            DATA_DIR = "/kaggle/input/data"  # "" = find Data_Entry_2017.csv under /kaggle/input
+            INPUT_DIR = "/kaggle/input"    # the notebook's inputs: the NIH dataset, the wheel
+            DATA_DIR = "/kaggle/input/data"  # "" = find Data_Entry_2017.csv under INPUT_DIR
             WORK_DIR = "/kaggle/working/imgae_dx_jax"  # runs (kept as the notebook's output)
             CACHE_DIR = "/tmp/imgae_dx_jax/cache"      # decoded stage caches (rebuilt quickly)
             RUN_NAME = "nih"               # runs go to WORK_DIR/runs/RUN_NAME/<model>
@@ -747,7 +748,7 @@ def nih_kaggle_notebook() -> list[NotebookNode]:
             BOOTSTRAP = 1000               # bootstrap resamples for the 95% CIs
             WANDB = "disabled"             # Weights & Biases: disabled | offline | online
             ALLOW_CPU = False              # True: run on a CPU session anyway (slow)
-            PACKAGE = ""                   # what pip installs; "" = newest wheel in /kaggle/input
+            PACKAGE = ""                   # what pip installs; "" = newest wheel in INPUT_DIR
             """,
             PARAMETERS_TAG,
         ),
@@ -755,14 +756,14 @@ def nih_kaggle_notebook() -> list[NotebookNode]:
         code(
             install_cell(
                 """
-                WHEELS = ["/kaggle/input/*/*.whl"]
+                WHEELS = [str(Path(INPUT_DIR) / "*" / "*.whl")]
                 """
             )
         ),
         md("## Find the data"),
         code(
             """
-            def find_nih(root: Path = Path("/kaggle/input")) -> Path:
+            def find_nih(root: Path) -> Path:
                 \"\"\"The attached dataset folder: the one holding Data_Entry_2017.csv.\"\"\"
                 found = [*root.glob("*/Data_Entry_2017.csv"), *root.glob("*/*/Data_Entry_2017.csv")]
                 if found:
@@ -773,7 +774,7 @@ def nih_kaggle_notebook() -> list[NotebookNode]:
                 )
 
 
-            DATA_DIR = Path(DATA_DIR) if DATA_DIR else find_nih()
+            DATA_DIR = Path(DATA_DIR) if DATA_DIR else find_nih(Path(INPUT_DIR))
             if not (DATA_DIR / "Data_Entry_2017.csv").is_file():
                 raise RuntimeError(f"{DATA_DIR} has no Data_Entry_2017.csv: is the dataset added?")
             print("NIH data:", DATA_DIR, sorted(p.name for p in DATA_DIR.glob("images_*")))

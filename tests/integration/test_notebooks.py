@@ -1,8 +1,10 @@
-"""The notebooks: generated from scripts/generate_notebooks.py, guarded, and the quickstart runs.
+"""The notebooks: generated from scripts/generate_notebooks.py, guarded, and they all run.
 
 The quickstart is executed headlessly with nbclient in a kernel of *this* interpreter (a
 temporary kernelspec on JUPYTER_PATH), with tiny settings injected after its ``parameters``
-cell the way papermill does it.
+cell the way papermill does it. The Colab and Kaggle notebooks run the same way but in a
+kernel of a fresh venv without the package, so that their install cells pip-install the
+freshly built wheel from a simulated Drive or Kaggle input folder.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ import ast
 import importlib.util
 import json
 import os
+import shutil
 import stat
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+from venvs import ROOT, fresh_venv, uv_install, uv_uninstall, venv_environment
 
 from imgae_dx_jax.config import load_config
 
-ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 GENERATOR = ROOT / "scripts" / "generate_notebooks.py"
 
@@ -176,7 +180,7 @@ def test_package_is_empty_and_drive_is_mounted_before_the_install(generated):
 
 def test_install_cell_picks_package_then_newest_wheel_else_one_message(generated, tmp_path):
     nb = generated["nih_kaggle_notebook.ipynb"]
-    namespace = {"PACKAGE": ""}
+    namespace = {"PACKAGE": "", "INPUT_DIR": "/kaggle/input"}
     # The package is installed here, so the cell only defines its helpers and prints the version.
     exec(nb.cells[_cell_index(nb, "def package_requirement")].source, namespace)
     requirement = namespace["package_requirement"]
@@ -214,15 +218,25 @@ def test_ready_configs_load(name, model):
         assert (config.data.source, config.data.path) == ("folder", "/kaggle/input/data")
 
 
-def _kernelspec(directory: Path) -> str:
-    """A kernelspec running ipykernel in this interpreter; returns its name."""
+def _kernelspec(directory: Path, python: str = sys.executable, env: dict | None = None) -> str:
+    """A kernelspec running ipykernel in ``python`` (this interpreter), with ``env`` added to
+    the environment; returns its name."""
     spec = directory / "kernels" / "imgae-test-python"
     spec.mkdir(parents=True)
-    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    spec.joinpath("kernel.json").write_text(
-        json.dumps({"argv": argv, "display_name": "imgae test", "language": "python"})
-    )
+    argv = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    kernel = {"argv": argv, "display_name": "imgae test", "language": "python"}
+    spec.joinpath("kernel.json").write_text(json.dumps(kernel | ({"env": env} if env else {})))
     return spec.name
+
+
+def _inject(nb, parameters: dict) -> None:
+    """Insert ``parameters`` as a cell after the ``parameters`` cell (papermill's convention)."""
+    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    injected = nbformat.v4.new_code_cell(
+        "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
+    )
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(index + 1, injected)
 
 
 @pytest.mark.slow
@@ -238,13 +252,7 @@ def test_quickstart_executes_on_the_sample(tmp_path, monkeypatch):
     kernel = _kernelspec(tmp_path / "jupyter")
 
     nb = nbformat.read(NOTEBOOKS / "quickstart.ipynb", as_version=4)
-    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    parameters = TINY_PARAMETERS | {"RUN_ROOT": str(tmp_path / "runs")}
-    injected = nbformat.v4.new_code_cell(
-        "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
-    )
-    injected.metadata["tags"] = ["injected-parameters"]
-    nb.cells.insert(index + 1, injected)
+    _inject(nb, TINY_PARAMETERS | {"RUN_ROOT": str(tmp_path / "runs")})
 
     client = nbclient.NotebookClient(
         nb,
@@ -267,3 +275,143 @@ def test_quickstart_executes_on_the_sample(tmp_path, monkeypatch):
     assert (report / "report.html").is_file()
     for model in ("unet", "ra"):
         assert (tmp_path / "runs" / model / "export").is_dir()
+
+
+# ---------------------------------------------------------------------------------------------
+# The Colab and Kaggle notebooks, from their install cell on, in a fresh venv
+
+SAMPLE = ROOT / "imgae_dx_jax" / "assets" / "nih-chest-xrays-sample.zip"
+# The tiny models of the quickstart, one model per notebook, on stage images_001 only.
+TINY_NIH = TINY_PARAMETERS | {
+    "STAGES": ["images_001"],
+    "SETTINGS": [*TINY_PARAMETERS["SETTINGS"], "model.ae.widths=[8,16,32]"],
+    "ALLOW_CPU": True,
+}
+# Printed by a cell appended to the notebook: where the kernel imported the package from.
+WHERE = "import json, sys, imgae_dx_jax\nprint(json.dumps([sys.prefix, imgae_dx_jax.__file__]))"
+
+
+def _simulated_drive(tmp_path: Path, wheel: Path) -> tuple[dict, Path, Path]:
+    """Colab: DRIVE_ROOT a local folder holding wheels/ (as the notebook's docs say to upload
+    it) and a Kaggle-layout archive; returns the parameters, the copied wheel, the run root."""
+    drive = tmp_path / "drive" / "MyDrive" / "imgae_dx_jax"
+    (drive / "wheels").mkdir(parents=True)
+    shutil.copy2(wheel, drive / "wheels")
+    shutil.copy2(SAMPLE, drive / "archive.zip")  # the `archive` source: a local Kaggle ZIP
+    parameters = {
+        "MODELS": ["unet"],
+        "DRIVE_ROOT": str(drive),
+        "SOURCE": "archive",
+        "DATA": str(drive / "archive.zip"),
+    }
+    return parameters, drive / "wheels" / wheel.name, drive / "runs" / "nih"
+
+
+def _simulated_kaggle_input(tmp_path: Path, wheel: Path) -> tuple[dict, Path, Path]:
+    """Kaggle: INPUT_DIR a local folder holding the wheel as an uploaded dataset and the
+    extracted NIH data (the sample), found by the notebook (DATA_DIR empty)."""
+    inputs = tmp_path / "kaggle" / "input"
+    (inputs / "imgae-dx-jax-wheel").mkdir(parents=True)
+    shutil.copy2(wheel, inputs / "imgae-dx-jax-wheel")
+    with zipfile.ZipFile(SAMPLE) as archive:
+        archive.extractall(inputs / "data")
+    work = tmp_path / "kaggle" / "working" / "imgae_dx_jax"
+    parameters = {
+        "MODELS": ["ae"],
+        "INPUT_DIR": str(inputs),
+        "DATA_DIR": "",
+        "WORK_DIR": str(work),
+        "CACHE_DIR": str(tmp_path / "kaggle" / "tmp-cache"),
+    }
+    return parameters, inputs / "imgae-dx-jax-wheel" / wheel.name, work / "runs" / "nih"
+
+
+@pytest.fixture(scope="module")
+def kernel_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with pip, ipykernel and the wheel's dependencies but not the package: what
+    the install cell meets on Colab or Kaggle (pip, and most dependencies preinstalled).
+
+    uv installs the wheel from its cache (offline when warm) and removes the package again, so
+    the notebook's pip only adds the package itself and needs no index (PIP_NO_INDEX below).
+    """
+    pytest.importorskip("nbclient", reason="pip install '.[notebooks]'")
+    venv = tmp_path_factory.mktemp("kernel") / "venv"
+    python = fresh_venv(venv, pip=True)
+    uv_install(python, str(wheel), "ipykernel")
+    uv_uninstall(python, "imgae-dx-jax")
+    return venv
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "simulate"),
+    [
+        ("nih_progressive_colab.ipynb", _simulated_drive),
+        ("nih_kaggle_notebook.ipynb", _simulated_kaggle_input),
+    ],
+)
+def test_notebook_installs_the_wheel_and_runs(
+    name, simulate, kernel_venv, wheel, generated, tmp_path, monkeypatch
+):
+    nbclient = pytest.importorskip("nbclient", reason="pip install '.[notebooks]'")
+    # The install cell adds the JAX plugin of the machine's accelerator from the index.
+    install = generated["nih_kaggle_notebook.ipynb"]
+    namespace = {"PACKAGE": "", "INPUT_DIR": "/kaggle/input"}
+    exec(install.cells[_cell_index(install, "def package_requirement")].source, namespace)
+    if namespace["machine_accelerator"]() != "cpu":
+        pytest.skip("an accelerator: the install cell would pip install its JAX plugin")
+    (site_packages,) = kernel_venv.glob("lib/python*/site-packages")
+    assert not list(site_packages.glob("imgae_dx_jax*")), "the package is already installed"
+
+    for var in ("PYTHONPATH", "PYTHONHOME", "KAGGLE_KERNEL_RUN_TYPE", "COLAB_RELEASE_TAG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    flags = os.environ.get("XLA_FLAGS", "")
+    env = venv_environment(kernel_venv, tmp_path / "xdg-cache") | {
+        "VIRTUAL_ENV": str(kernel_venv),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "XLA_FLAGS": f"{flags} --xla_backend_optimization_level=0".strip(),
+        "PIP_NO_INDEX": "1",  # the dependencies are there: pip installs the wheel alone
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
+    kernel = _kernelspec(tmp_path / "jupyter", str(kernel_venv / "bin" / "python"), env)
+
+    parameters, copied_wheel, run_root = simulate(tmp_path, wheel)
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    _inject(nb, TINY_NIH | parameters)
+    nb.cells.append(nbformat.v4.new_code_cell(WHERE))
+    work = tmp_path / "work"  # the kernel's working directory: not the checkout
+    work.mkdir()
+    try:
+        nbclient.NotebookClient(
+            nb, kernel_name=kernel, timeout=600, resources={"metadata": {"path": str(work)}}
+        ).execute()
+        installers = [
+            (dist_info / "INSTALLER").read_text().strip()
+            for dist_info in site_packages.glob("imgae_dx_jax-*.dist-info")
+        ]
+    finally:
+        if list(site_packages.glob("imgae_dx_jax-*.dist-info")):  # fresh for the next notebook
+            uv_uninstall(kernel_venv / "bin" / "python", "imgae-dx-jax")
+
+    def printed(cell) -> str:
+        return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("text"))
+
+    installed = printed(nb.cells[_cell_index(nb, "def package_requirement")])
+    assert f"pip install {copied_wheel}" in installed
+    prefix, module = json.loads(printed(nb.cells[-1]).strip().splitlines()[-1])
+    assert Path(prefix) == kernel_venv
+    assert Path(module).is_relative_to(site_packages), module
+    assert installers == ["pip"]  # installed by the notebook's pip, not by uv
+
+    outputs = [out for cell in nb.cells for out in cell.get("outputs", [])]
+    assert len([out for out in outputs if "image/png" in out.get("data", {})]) >= 2
+    tables = [
+        out["data"]["text/markdown"] for out in outputs if "text/markdown" in out.get("data", {})
+    ]
+    (model,) = parameters["MODELS"]
+    assert any("AUROC" in table and f"| {model}" in table for table in tables)
+    metrics = json.loads((run_root / "report" / "metrics.json").read_text())
+    assert set(metrics["models"]) == {model}
+    assert (run_root / "report" / "report.html").is_file()
+    assert (run_root / model / "export").is_dir()

@@ -7,7 +7,6 @@ console scripts from another working directory, so nothing can come from the sou
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tarfile
@@ -17,15 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from venvs import ROOT, fresh_venv, uv_install, venv_environment
 
 import imgae_dx_jax
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
-# conftest points XDG_CACHE_HOME at a temporary directory once the session starts; uv must
-# keep using the real cache, so take the environment as it was when this module was imported.
-_ENV = dict(os.environ)
 
 
 @dataclass(frozen=True)
@@ -57,65 +52,13 @@ class Installed:
         return proc
 
 
-def _uv(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in _ENV.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    return subprocess.run(
-        [sys.executable, "-m", "uv", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    if not (ROOT / "pyproject.toml").is_file():
-        pytest.skip("needs the project's source tree to build the wheel")
-    pytest.importorskip("uv", reason="uv is in the hatch-test environment's extra-dependencies")
-    pytest.importorskip("hatchling", reason="hatchling builds the wheel")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
     base = tmp_path_factory.mktemp("wheel")
-    dist, venv, work = base / "dist", base / "venv", base / "work"
+    venv, work = base / "venv", base / "work"
     work.mkdir()
-
-    build = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys, hatchling.build as b; print(b.build_wheel(sys.argv[1]))",
-            str(dist),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert build.returncode == 0, build.stderr
-    wheel = dist / build.stdout.strip().splitlines()[-1]
-    assert wheel.is_file(), build.stdout
-
-    made = _uv("venv", "--quiet", "--python", sys.executable, str(venv))
-    assert made.returncode == 0, made.stderr
-    python = venv / "bin" / "python"
-    start = time.perf_counter()
-    # Offline first (a warm cache needs no network at all), then from the package index.
-    proc = _uv("pip", "install", "--quiet", "--offline", "--python", str(python), str(wheel))
-    if proc.returncode != 0:
-        proc = _uv("pip", "install", "--quiet", "--python", str(python), str(wheel))
-    assert proc.returncode == 0, proc.stderr
-    print(f"\nwheel installed with uv in {time.perf_counter() - start:.1f} s")
-
-    # Without PYTHONDONTWRITEBYTECODE the first command writes the .pyc files of what it
-    # imports and every later one reuses them (uv installs without compiling bytecode).
-    dropped = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONDONTWRITEBYTECODE")
-    env = {k: v for k, v in _ENV.items() if k not in dropped}
-    env.update(
-        PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-        JAX_PLATFORMS="cpu",
-        WANDB_MODE="disabled",
-        XDG_CACHE_HOME=str(base / "xdg-cache"),  # the stage cache stays in the temp dir
-        MPLBACKEND="Agg",
-    )
+    uv_install(fresh_venv(venv), str(wheel))
+    env = venv_environment(venv, base / "xdg-cache")
     return Installed(wheel=wheel, bin=venv / "bin", work=work, env=env)
 
 
