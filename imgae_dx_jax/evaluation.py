@@ -37,6 +37,7 @@ from imgae_dx_jax.data.nih import Record
 from imgae_dx_jax.data.sources import source_stages
 from imgae_dx_jax.errors import DataError, RunError
 from imgae_dx_jax.inference import Scorer, score_split
+from imgae_dx_jax.memory import memory_phase, release_after_compilations
 from imgae_dx_jax.metrics.breakdown import per_finding, subgroups
 from imgae_dx_jax.metrics.curves import (
     CURVE_GRID,
@@ -375,36 +376,39 @@ def evaluate_runs(
         DataError: when the data cannot be read or a split has one class only.
     """
     check_request(run_dirs, n_bootstrap)
+    release_after_compilations()
     run_dirs = [Path(p) for p in run_dirs]
     names = run_names(run_dirs)
     overrides = {k: v for k, v in (("data.source", source), ("data.path", data)) if v is not None}
     cache: dict[DataConfig, tuple[Store, Catalog, Splits]] = {}
     prepared = []
-    for run_dir in run_dirs:
-        config = rundir.load_export_config(run_dir)
-        if overrides:
-            config = with_overrides(config, overrides)
-        if config.data not in cache:
-            cache[config.data] = load_splits(config.data)
-        prepared.append((run_dir, config, cache[config.data]))
-    _check_same_test_split([(run_dir, loaded[2]) for run_dir, _, loaded in prepared])
-    models = [
-        evaluate_model(
-            name,
-            run_dir,
-            config,
-            loaded,
-            own_data=not overrides,
-            n_bootstrap=n_bootstrap,
-            seed=seed,
-        )
-        for name, (run_dir, config, loaded) in zip(names, prepared, strict=True)
-    ]
+    with memory_phase("evaluation"):
+        for run_dir in run_dirs:
+            config = rundir.load_export_config(run_dir)
+            if overrides:
+                config = with_overrides(config, overrides)
+            if config.data not in cache:
+                cache[config.data] = load_splits(config.data)
+            prepared.append((run_dir, config, cache[config.data]))
+        _check_same_test_split([(run_dir, loaded[2]) for run_dir, _, loaded in prepared])
+        models = [
+            evaluate_model(
+                name,
+                run_dir,
+                config,
+                loaded,
+                own_data=not overrides,
+                n_bootstrap=n_bootstrap,
+                seed=seed,
+            )
+            for name, (run_dir, config, loaded) in zip(names, prepared, strict=True)
+        ]
+        paired = compare(models, n_bootstrap, seed)
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs, source)
     out.mkdir(parents=True, exist_ok=True)
     comparison = Comparison(
         models=models,
-        paired=compare(models, n_bootstrap, seed),
+        paired=paired,
         data=models[0].metrics["data"],
         bootstrap={
             "n_resamples": n_bootstrap,
@@ -420,15 +424,16 @@ def evaluate_runs(
         metrics = models[0].metrics | {"bootstrap": comparison.bootstrap}
     else:
         metrics = comparison.summary()
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if single:
-        write_scores_csv(out / "scores.csv", models[0].test)
-    else:
-        write_wide_scores_csv(out / "scores.csv", models)
-    comparison.files = {"metrics": out / "metrics.json", "scores": out / "scores.csv"}
-    comparison.files |= write_report(comparison)
-    if tracker is not None:
-        log_to_tracker(tracker, comparison)
+    with memory_phase("report"):
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if single:
+            write_scores_csv(out / "scores.csv", models[0].test)
+        else:
+            write_wide_scores_csv(out / "scores.csv", models)
+        comparison.files = {"metrics": out / "metrics.json", "scores": out / "scores.csv"}
+        comparison.files |= write_report(comparison)
+        if tracker is not None:
+            log_to_tracker(tracker, comparison)
     log.info("wrote %s", ", ".join(str(p) for p in comparison.files.values()))
     return comparison
 

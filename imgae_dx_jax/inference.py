@@ -34,6 +34,7 @@ from imgae_dx_jax.data.intensity import model_input
 from imgae_dx_jax.data.nih import Record
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset
 from imgae_dx_jax.families import anomaly_maps
+from imgae_dx_jax.memory import release_memory
 from imgae_dx_jax.progress import progress_bar
 from imgae_dx_jax.results import SplitScores
 from imgae_dx_jax.schema import SCORES, Config
@@ -217,6 +218,7 @@ def score_split(
                 images.append(batch["image"][..., 0])
             bar.update(len(batch["index"]))
         bar.update(len(skips))  # the unreadable images are done with too
+    release_memory()  # the batches' buffers (and the first call's compilation)
     order = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int32)
     kept = tuple(source.records[i] for i in order)
 

@@ -15,7 +15,8 @@ the ratio is taken on the same machine state; its parameter count must equal the
 The load average is recorded before and after every round; where it exceeded the number of
 cores the table prints no ratio (the figures stay in the JSON, with ``idle: false``).
 Then the data figures of ``scripts/bench_data.py`` and the wall time and peak RSS of
-``python -m imgae_dx_jax.train --stage images_001`` (temporary run and cache directories).
+``python -m imgae_dx_jax.train --stage images_001`` (temporary run and cache directories),
+with the peak RSS of each of its phases (its ``memory:`` log lines).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -316,6 +318,14 @@ def data_figures(quick: bool, sizes: list[int], threads: int) -> dict[str, Any]:
     return figures
 
 
+PHASE_LINE = re.compile(r"memory: (\w+) peak RSS (\d+) MB")
+
+
+def phase_peaks(output: str) -> dict[str, float]:
+    """Peak RSS of each phase, from the ``memory: <phase> peak RSS <N> MB`` INFO lines."""
+    return {m.group(1): float(m.group(2)) for m in PHASE_LINE.finditer(output)}
+
+
 def train_command(quick: bool) -> dict[str, Any]:
     """Wall time and peak RSS of the README's train command (temporary run and cache dirs)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -343,7 +353,13 @@ def train_command(quick: bool) -> dict[str, Any]:
         display = "python -m imgae_dx_jax.train --stage images_001" + (
             " --epochs 1" if quick else ""
         )
-        result = {"command": display, "wall_s": wall, "peak_rss_mb": peak, "rc": proc.returncode}
+        result = {
+            "command": display,
+            "wall_s": wall,
+            "peak_rss_mb": peak,
+            "phase_peak_rss_mb": phase_peaks(output),
+            "rc": proc.returncode,
+        }
         if proc.returncode:
             result["tail"] = output[-2000:]
         return result
@@ -452,7 +468,8 @@ def main(argv: list[str] | None = None) -> None:
         t = results["train_command"]
         print(
             f"{t['command']}: {t['wall_s']:.1f} s, peak RSS {t['peak_rss_mb']:.0f} MB "
-            f"(rc {t['rc']})",
+            f"(rc {t['rc']}); by phase: "
+            + ", ".join(f"{k} {v:.0f} MB" for k, v in t["phase_peak_rss_mb"].items()),
             flush=True,
         )
     results["models"] = []

@@ -14,6 +14,7 @@ import io
 import logging
 import re
 from collections import Counter
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from imgae_dx_jax.data.stores import Store
@@ -110,23 +111,34 @@ class Catalog:
     (an image folder tree); empty otherwise."""
 
 
-def parse_data_entry(text: str) -> dict[str, Entry]:
+def parse_data_entry(text: str, images: Container[str] | None = None) -> dict[str, Entry]:
     """Parse ``Data_Entry_2017.csv``.
 
     The real header names ``OriginalImage[Width,Height]`` and ``OriginalImagePixelSpacing[x,y]``
     as one field each although each spans two columns, so rows have more fields than the
     header: the first seven columns are read by position after checking their names.
 
+    Args:
+        text: the file's text.
+        images: keep only the rows of these image names (every row is still checked); None
+            keeps all. The whole file has 112,120 rows: parsed into entries they take ~60 MB
+            for a moment, which a catalog of a few stages does not need.
+
     Raises:
         DataError: when the header does not start with the expected columns.
     """
+    return _parse(text, images)[0]
+
+
+def _parse(text: str, images: Container[str] | None) -> tuple[dict[str, Entry], int]:
+    """The entries (of ``images``) and the number of other images that have rows."""
     try:
-        return _parse_data_entry(text)
+        return _parse_data_entry(text, images)
     except csv.Error as err:
         raise DataError(f"Data_Entry_2017.csv is not a readable CSV file: {err}") from None
 
 
-def _parse_data_entry(text: str) -> dict[str, Entry]:
+def _parse_data_entry(text: str, images: Container[str] | None) -> tuple[dict[str, Entry], int]:
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
     header = next(reader, None)
     if header is None:
@@ -145,6 +157,7 @@ def _parse_data_entry(text: str) -> dict[str, Entry]:
             f"{', '.join(_CSV_COLUMNS)}"
         )
     entries: dict[str, Entry] = {}
+    others: set[str] = set()
     for line, row in enumerate(reader, start=2):
         if not row or not any(cell.strip() for cell in row):
             continue
@@ -154,9 +167,12 @@ def _parse_data_entry(text: str) -> dict[str, Entry]:
                 f"{len(_CSV_COLUMNS)} ({', '.join(_CSV_COLUMNS)})"
             )
         image, labels, _, patient, age, sex, view = (c.strip() for c in row[:7])
+        if images is not None and image not in images:
+            others.add(image)
+            continue
         findings = () if labels == NORMAL_LABEL else tuple(sorted(labels.split("|")))
         entries[image] = Entry(image, findings, patient, _parse_age(age), sex, view)
-    return entries
+    return entries, len(others)
 
 
 def _parse_age(text: str) -> int:
@@ -228,8 +244,8 @@ def build_catalog(store: Store, stages: tuple[str, ...]) -> Catalog:
     csv_name = _find(names, "Data_Entry_2017.csv")
     if csv_name is None:
         raise DataError(f"{store.description}: Data_Entry_2017.csv not found")
-    entries = parse_data_entry(store.read(csv_name).decode("utf-8-sig"))
     located = locate_images(names)
+    entries, rows_without_images = _parse(store.read(csv_name).decode("utf-8-sig"), located)
     present = Counter(stage for _, stage in located.values())
     wanted = set(stages)
     records = []
@@ -261,7 +277,6 @@ def build_catalog(store: Store, stages: tuple[str, ...]) -> Catalog:
         )
     if unmatched:
         log.warning("%d images have no row in Data_Entry_2017.csv and are left out", unmatched)
-    rows_without_images = sum(1 for image in entries if image not in located)
     if rows_without_images:
         log.info(
             "%d rows of Data_Entry_2017.csv have no image in %s (expected when only some "

@@ -28,6 +28,7 @@ from imgae_dx_jax.data import Store
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset, train_dataset
 from imgae_dx_jax.data.split import Splits
 from imgae_dx_jax.errors import Interrupted, NonFiniteLossError
+from imgae_dx_jax.memory import release_memory
 from imgae_dx_jax.progress import progress_bar
 from imgae_dx_jax.schema import STAGES, Config
 from imgae_dx_jax.tracking import resource_metrics
@@ -93,6 +94,7 @@ def validation_loss(
         losses = trainer.eval_step(trainer.state, images, np.uint32(step * 1024 + number))
         for name, value in jax.device_get(losses).items():
             totals[name] = totals.get(name, 0.0) + float(value)
+    release_memory()
     return {f"val_{k}": v / n_batches for k, v in totals.items()}
 
 
@@ -348,6 +350,7 @@ class TrainingLoop:
         jax.block_until_ready(self.pending)  # validation comes next and would wait anyway
         bar.update(p.step_in_epoch - bar.n)
         bar.close()
+        release_memory()  # what the step's compilation (first epoch) and its buffers freed
 
     def _log_samples(self, images: jax.Array) -> None:
         """Log input | reconstruction | anomaly map of up to 4 training images to W&B."""

@@ -25,6 +25,7 @@ from imgae_dx_jax.config import ConfigError, from_dict, to_dict
 from imgae_dx_jax.data import load_splits
 from imgae_dx_jax.data.sources import source_stages
 from imgae_dx_jax.data.split import Splits
+from imgae_dx_jax.memory import memory_phase, release_after_compilations
 from imgae_dx_jax.runtime import setup_compilation_cache
 from imgae_dx_jax.schema import Config
 from imgae_dx_jax.tracking import Tracker
@@ -80,6 +81,7 @@ def train(
         modes = " or ".join(rundir.RESUME_MODES)
         raise ConfigError(f"--resume: {resume!r}; choose {modes}")
     setup_compilation_cache(config)
+    release_after_compilations()
     saved_config = rundir.prepare(run_dir, resume, overwrite)
     mesh = distributed.make_mesh()
     if config.train.batch_size % mesh.size:
@@ -122,7 +124,8 @@ def train(
         run_config = _with_stages(config, stages) if wanted == config.data.stages else config
         if main:
             rundir.write_config(run_config, run_dir)
-        store, catalog, splits = load_splits(run_config.data)
+        with memory_phase("data"):
+            store, catalog, splits = load_splits(run_config.data)
         log.info(
             "data: %s, stages %s, %d images",
             store.description,
@@ -132,8 +135,9 @@ def train(
         log_split_counts(splits)
         if main:
             rundir.write_split_manifest(run_dir, splits)
-        trainer = build_trainer(config, mesh, step_budget(config, splits, stages))
-        progress, restored_step = _restore(checkpoints, trainer)
+        with memory_phase("model"):
+            trainer = build_trainer(config, mesh, step_budget(config, splits, stages))
+            progress, restored_step = _restore(checkpoints, trainer)
         todo = [s for s in wanted if s not in progress.completed_stages]
         model, _ = trainer.model_and_optimizers()
         n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -153,15 +157,17 @@ def train(
             config, run_config, run_dir, mesh, trainer, checkpoints, store, splits, progress
         )
         loop.metrics.tracker = tracker
-        try:
-            for stage in todo:
-                if not loop.train_stage(stage, restored_step if stage == progress.stage else None):
-                    break
-        finally:
-            loop.log_skips()
-        checkpoints.wait()  # the last checkpoint is in the run directory before the export
-        model_state, _ = trainer.parts()
-        export_model(run_dir, run_config, model_state)
+        with memory_phase("training"):
+            try:
+                for stage in todo:
+                    resume_step = restored_step if stage == progress.stage else None
+                    if not loop.train_stage(stage, resume_step):
+                        break
+            finally:
+                loop.log_skips()
+            checkpoints.wait()  # the last checkpoint is in the run directory before the export
+            model_state, _ = trainer.parts()
+            export_model(run_dir, run_config, model_state)
         finished = True
     finally:
         checkpoints.close(raise_errors=finished)

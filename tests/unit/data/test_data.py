@@ -41,6 +41,13 @@ def test_csv_header_quirk_and_labels():
     assert normal.findings == () and normal.label == 0 and normal.view == "AP"
 
 
+def test_csv_keeps_only_the_rows_of_the_given_images():
+    entries = parse_data_entry(QUIRK_CSV, images={"00000002_000.png", "absent.png"})
+    assert entries == {"00000002_000.png": parse_data_entry(QUIRK_CSV)["00000002_000.png"]}
+    with pytest.raises(DataError, match="unexpected header"):  # every row is still checked
+        parse_data_entry("Image,Labels\nx.png,No Finding\n", images=set())
+
+
 def test_csv_with_wrong_header_is_rejected():
     with pytest.raises(DataError, match="unexpected header"):
         parse_data_entry("Image,Labels\nx.png,No Finding\n")

@@ -1,12 +1,14 @@
-"""The jitted train step compiles once: no recompilation after the first step."""
+"""The jitted train step compiles once, and the state is created in one compilation."""
 
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from jax import monitoring
 
 from imgae_dx_jax import distributed
 from imgae_dx_jax.config import load_config
+from imgae_dx_jax.families import create_model, get_objective
 from imgae_dx_jax.training.step import build_trainer
 
 SIZE = 32
@@ -64,3 +66,20 @@ def test_no_recompilation_after_first_step(name, fast_path, compile_count):
     assert compile_count() == after_first, "the train step recompiled after the first step"
     assert trainer.train_step._cache_size() == 1
     assert np.isfinite(float(metrics["loss"]))
+
+
+@pytest.mark.parametrize("name", ["unet", "ae"])
+def test_state_is_created_in_one_compilation_with_the_eager_values(name, compile_count):
+    """Built in one compiled computation, the state has the bits eager creation gives."""
+    config = load_config(overrides=[f"model.name={name}", f"data.image_size={SIZE}", *SMALL[name]])
+    before = compile_count()
+    trainer = build_trainer(config, distributed.make_mesh(), total_steps=10)
+    assert compile_count() - before <= 2  # the state, and at most a device placement
+
+    model = create_model(config.model, SIZE, dtype=None, rngs=nnx.Rngs(config.train.seed))
+    optimizers = get_objective(config.model, config.train, 10).create_optimizers(model)
+    eager = jax.tree.leaves(nnx.state((model, optimizers)))
+    built = jax.tree.leaves(trainer.state)
+    assert len(built) == len(eager)
+    for a, b in zip(built, eager, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
