@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from venvs import ROOT, fresh_venv, uv_install, venv_environment
+from venvs import ROOT, build, fresh_venv, uv_install, venv_environment
 
 import imgae_dx_jax
 
@@ -84,20 +84,7 @@ def test_wheel_contents(installed: Installed) -> None:
 
 
 def test_sdist_builds_the_same_wheel(installed: Installed, tmp_path: Path) -> None:
-    build = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys, hatchling.build as b; print(b.build_sdist(sys.argv[1]))",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert build.returncode == 0, build.stderr
-    sdist = tmp_path / build.stdout.strip().splitlines()[-1]
+    sdist = build("sdist", tmp_path)
     with tarfile.open(sdist) as tar:
         names = tar.getnames()
         safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}

@@ -33,13 +33,13 @@ def uv(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     )
 
 
-def build_wheel(dist: Path, source: Path = ROOT) -> Path:
-    """Build the wheel of ``source`` with hatchling into ``dist``; return its path."""
+def build(target: str, dist: Path, source: Path = ROOT) -> Path:
+    """Build ``source``'s ``wheel`` or ``sdist`` with hatchling into ``dist``; return its path."""
     build = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys, hatchling.build as b; print(b.build_wheel(sys.argv[1]))",
+            f"import sys, hatchling.build as b; print(b.build_{target}(sys.argv[1]))",
             str(dist),
         ],
         cwd=source,
@@ -48,9 +48,14 @@ def build_wheel(dist: Path, source: Path = ROOT) -> Path:
         timeout=300,
     )
     assert build.returncode == 0, build.stderr
-    wheel = dist / build.stdout.strip().splitlines()[-1]
-    assert wheel.is_file(), build.stdout
-    return wheel
+    built = dist / build.stdout.strip().splitlines()[-1]
+    assert built.is_file(), build.stdout
+    return built
+
+
+def build_wheel(dist: Path, source: Path = ROOT) -> Path:
+    """Build the wheel of ``source`` with hatchling into ``dist``; return its path."""
+    return build("wheel", dist, source)
 
 
 def fresh_venv(path: Path, pip: bool = False) -> Path:
