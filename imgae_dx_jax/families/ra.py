@@ -14,7 +14,7 @@ is applied here; instead the saliency is the RA encoder's own multi-scale discre
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import jax
@@ -95,6 +95,18 @@ def encoder_saliency(
     return gaussian_blur(jnp.maximum(sum(maps) / len(maps), 0.0), sigma)
 
 
+def in_pairs(module: Callable[..., Any], a: jax.Array, b: jax.Array) -> tuple[Any, Any]:
+    """``(module(a), module(b))`` computed in one call on the concatenated batch.
+
+    ``module`` (the RA encoder or decoder) normalises the two halves separately and updates
+    its running statistics with ``a``'s, then ``b``'s (``groups=2``), so the results are those
+    of the two calls, in fewer, larger operations: a smaller program that compiles faster.
+    """
+    out = module(jnp.concatenate([a, b]), groups=2)
+    n = a.shape[0]
+    return jax.tree.map(lambda t: t[:n], out), jax.tree.map(lambda t: t[n:], out)
+
+
 # --------------------------------------------------------------------------- roles
 
 
@@ -146,14 +158,20 @@ def encoder_loss(
     k_z, k_rec, k_fake = jax.random.split(key, 3)
     mu, logvar, emb_x = encoder(batch)
     z = reparameterize(k_z, mu, logvar)
-    x_rec = decoder(z)
+    x_rec, fake = in_pairs(decoder, z, z_prior)
+    fake = jax.lax.stop_gradient(fake)
     rec = jnp.mean(reconstruction_error(batch, x_rec))
-    fake = jax.lax.stop_gradient(decoder(z_prior))
     kl = jnp.mean(kl_divergence(mu, logvar))
-    mu_r, logvar_r, emb_r = encoder(jax.lax.stop_gradient(x_rec))
-    mu_f, logvar_f, _ = encoder(fake)
-    rec_rec = reconstruction_error(x_rec, decoder(reparameterize(k_rec, mu_r, logvar_r)))
-    rec_fake = reconstruction_error(fake, decoder(reparameterize(k_fake, mu_f, logvar_f)))
+    (mu_r, logvar_r, emb_r), (mu_f, logvar_f, _) = in_pairs(
+        encoder, jax.lax.stop_gradient(x_rec), fake
+    )
+    rec_of_rec, rec_of_fake = in_pairs(
+        decoder,
+        reparameterize(k_rec, mu_r, logvar_r),
+        reparameterize(k_fake, mu_f, logvar_f),
+    )
+    rec_rec = reconstruction_error(x_rec, rec_of_rec)
+    rec_fake = reconstruction_error(fake, rec_of_fake)
     elbo_rec = exp_elbo(rec_rec, kl_divergence(mu_r, logvar_r), scale, cfg.beta_rec, cfg.beta_neg)
     elbo_fake = exp_elbo(rec_fake, kl_divergence(mu_f, logvar_f), scale, cfg.beta_rec, cfg.beta_neg)
     emb = embedding_loss(emb_x, emb_r)
@@ -198,15 +216,14 @@ def train_step(
     z = jax.lax.stop_gradient(enc_metrics.pop("z"))
 
     def decoder_loss(dec: nnx.Module, enc: nnx.Module) -> tuple[jax.Array, Metrics]:
-        x_rec = dec(z)
-        fake = dec(z_prior)
+        x_rec, fake = in_pairs(dec, z, z_prior)
         rec = jnp.mean(reconstruction_error(batch, x_rec))
-        mu_r, logvar_r, _ = enc(x_rec)
-        mu_f, logvar_f, _ = enc(fake)
+        (mu_r, logvar_r, _), (mu_f, logvar_f, _) = in_pairs(enc, x_rec, fake)
         z_rec = jax.lax.stop_gradient(reparameterize(k_dec_rec, mu_r, logvar_r))
         z_fake = jax.lax.stop_gradient(reparameterize(k_dec_fake, mu_f, logvar_f))
-        rec_rec = jnp.mean(reconstruction_error(jax.lax.stop_gradient(x_rec), dec(z_rec)))
-        rec_fake = jnp.mean(reconstruction_error(jax.lax.stop_gradient(fake), dec(z_fake)))
+        rec_of_rec, rec_of_fake = in_pairs(dec, z_rec, z_fake)
+        rec_rec = jnp.mean(reconstruction_error(jax.lax.stop_gradient(x_rec), rec_of_rec))
+        rec_fake = jnp.mean(reconstruction_error(jax.lax.stop_gradient(fake), rec_of_fake))
         kl_rec = jnp.mean(kl_divergence(mu_r, logvar_r))
         kl_fake = jnp.mean(kl_divergence(mu_f, logvar_f))
         loss = scale * (

@@ -18,10 +18,10 @@ import jax
 from flax import nnx
 
 from imgae_dx_jax.models.layers import (
+    BatchNorm,
     Conv,
     ConvNormAct,
     at_least_float32,
-    batch_norm,
     to_compute_dtype,
 )
 
@@ -55,7 +55,7 @@ class Autoencoder(nnx.Module):
                 ConvNormAct(
                     c_in,
                     c_out,
-                    batch_norm(c_out, rngs=rngs),
+                    BatchNorm(c_out, rngs=rngs),
                     jax.nn.relu,
                     stride=2,
                     fast=fast,
@@ -74,7 +74,7 @@ class Autoencoder(nnx.Module):
                 ConvNormAct(
                     c_in,
                     c_out,
-                    batch_norm(c_out, rngs=rngs),
+                    BatchNorm(c_out, rngs=rngs),
                     jax.nn.relu,
                     fast=fast,
                     dtype=dtype,

@@ -2,7 +2,7 @@
 
 RA is a Soft-IntroVAE with residual blocks whose encoder is also trained to map the
 (detached) reconstruction to the same multi-scale embeddings as the input (the "reversed"
-embedding loss, see :mod:`imgae_dx_jax.objectives`). There are no skip connections between
+embedding loss, see :mod:`imgae_dx_jax.families.ra`). There are no skip connections between
 encoder and decoder.
 
 Encoder: conv5x5 1->widths[0], BatchNorm, LeakyReLU(0.2), AvgPool2; then one residual block per
@@ -15,7 +15,7 @@ conv5x5 to one channel and a sigmoid.
 
 Deviation from the paper at test time: the paper's anomaly map is
 ``|CLAHE(x_hat) - CLAHE(x)|`` weighted by a smoothed LPIPS saliency map. Pretrained LPIPS
-weights cannot ship offline, so :mod:`imgae_dx_jax.scoring` weights the plain residual
+weights cannot ship offline, so :mod:`imgae_dx_jax.families.ra` weights the plain residual
 ``|x - x_hat|`` (no CLAHE) by a saliency built from this encoder's own multi-scale embedding
 discrepancy between ``x`` and ``x_hat``; ``x_hat`` is decoded from ``mu``, not a sample.
 """
@@ -31,11 +31,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from imgae_dx_jax.models.layers import (
+    BatchNorm,
     Conv,
     ResidualBlock,
     at_least_float32,
     avg_pool2,
-    batch_norm,
     leaky_relu,
     to_compute_dtype,
 )
@@ -58,7 +58,7 @@ class RAEncoder(nnx.Module):
         self.fast = fast
         self.dtype = dtype
         self.stem = Conv(1, widths[0], (5, 5), use_bias=False, fast=fast, dtype=dtype, rngs=rngs)
-        self.stem_bn = batch_norm(widths[0], rngs=rngs)
+        self.stem_bn = BatchNorm(widths[0], rngs=rngs)
         self.blocks = nnx.List(
             [
                 ResidualBlock(c_in, c_out, fast=fast, dtype=dtype, rngs=rngs)
@@ -69,20 +69,23 @@ class RAEncoder(nnx.Module):
         side = image_size // 2 ** len(widths)
         self.fc = nnx.Linear(widths[-1] * side * side, 2 * zdim, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
+    def __call__(
+        self, x: jax.Array, groups: int = 1
+    ) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
         """Encode ``x`` [B, H, W, 1] to ``mu``, ``logvar`` [B, zdim] and the embeddings.
 
         The embeddings are the activations after each of the ``len(widths)`` poolings,
         from the finest ([B, H/2, W/2, widths[0]]) to the coarsest scale. All are float32
-        whatever the computation dtype.
+        whatever the computation dtype. ``groups``: ``x`` holds that many sub-batches, each
+        with its own BatchNorm statistics (the same as encoding each on its own).
         """
         x = to_compute_dtype(x, self.dtype)
-        h = avg_pool2(leaky_relu(self.stem_bn(self.stem(x))), self.fast)
+        h = avg_pool2(leaky_relu(self.stem_bn(self.stem(x), groups)), self.fast)
         embeddings = [h]
         for block in self.blocks:
-            h = avg_pool2(block(h), self.fast)
+            h = avg_pool2(block(h, groups=groups), self.fast)
             embeddings.append(h)
-        h = self.last(h)
+        h = self.last(h, groups=groups)
         stats = at_least_float32(self.fc(h.reshape(h.shape[0], -1)))
         mu, logvar = jnp.split(stats, 2, axis=-1)
         return mu, logvar, [at_least_float32(e) for e in embeddings]
@@ -116,14 +119,19 @@ class RADecoder(nnx.Module):
         self.last = ResidualBlock(widths[0], widths[0], fast=fast, dtype=dtype, rngs=rngs)
         self.head = Conv(widths[0], 1, (5, 5), fast=fast, dtype=dtype, rngs=rngs)
 
-    def __call__(self, z: jax.Array) -> jax.Array:
-        """Decode ``z`` [B, zdim] to an image [B, H, W, 1]."""
+    def __call__(self, z: jax.Array, groups: int = 1) -> jax.Array:
+        """Decode ``z`` [B, zdim] to an image [B, H, W, 1].
+
+        ``groups``: ``z`` holds that many sub-batches, each with its own BatchNorm statistics
+        (the same as decoding each on its own).
+        """
         h = jax.nn.relu(self.fc(z)).reshape(z.shape[0], self.side, self.side, -1)
         # Each block's output is upsampled (nearest x2) on its way into the next block,
         # which the fast path folds into that block's first convolution.
         for i, block in enumerate(self.blocks):
-            h = block(h, upsample=i > 0)
-        return jax.nn.sigmoid(at_least_float32(self.head(self.last(h, upsample=True))))
+            h = block(h, upsample=i > 0, groups=groups)
+        h = self.last(h, upsample=True, groups=groups)
+        return jax.nn.sigmoid(at_least_float32(self.head(h)))
 
 
 class ReversedAutoencoder(nnx.Module):

@@ -105,3 +105,74 @@ def test_unknown_model_name():
     cfg = dataclasses.replace(load_config().model, name="vae")
     with pytest.raises(ValueError, match="unknown model"):
         create_model(cfg, 64, rngs=nnx.Rngs(0))
+
+
+def test_batch_norm_is_flax_batch_norm_with_torch_settings():
+    from imgae_dx_jax.models.layers import BatchNorm
+
+    ours, flax_norm = (
+        BatchNorm(3, rngs=nnx.Rngs(0)),
+        nnx.BatchNorm(3, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0)),
+    )
+    x = jax.random.normal(jax.random.key(1), (4, 5, 5, 3)) * 2.0 + 1.0
+    ours.train()
+    flax_norm.train()
+    assert jnp.allclose(ours(x), flax_norm(x), atol=1e-5)
+    for name in ("mean", "var"):
+        assert jnp.allclose(getattr(ours, name)[...], getattr(flax_norm, name)[...], atol=1e-6)
+    ours.eval()
+    flax_norm.eval()
+    assert jnp.allclose(ours(x), flax_norm(x), atol=1e-5)
+
+
+def test_batch_norm_groups_equal_one_call_per_sub_batch():
+    from imgae_dx_jax.models.layers import BatchNorm
+
+    grouped, separate = BatchNorm(3, rngs=nnx.Rngs(0)), BatchNorm(3, rngs=nnx.Rngs(0))
+    grouped.train()
+    separate.train()
+    a = jax.random.normal(jax.random.key(1), (4, 5, 5, 3))
+    b = jax.random.normal(jax.random.key(2), (4, 5, 5, 3)) * 3.0 - 2.0
+    together = grouped(jnp.concatenate([a, b]), groups=2)
+    one_by_one = jnp.concatenate([separate(a), separate(b)])
+    assert jnp.allclose(together, one_by_one, atol=1e-5)
+    # The running averages saw a's statistics, then b's (the order matters with momentum).
+    for name in ("mean", "var"):
+        assert jnp.allclose(getattr(grouped, name)[...], getattr(separate, name)[...], atol=1e-6)
+    assert not jnp.allclose(grouped(jnp.concatenate([a, b])), together, atol=1e-2)
+
+
+def test_batch_norm_keeps_float32_running_averages_for_bfloat16_inputs():
+    from imgae_dx_jax.models.layers import BatchNorm
+
+    norm = BatchNorm(3, rngs=nnx.Rngs(0))
+    norm.train()
+    y = nnx.jit(lambda m, x: m(x))(norm, jnp.ones((2, 4, 4, 3), jnp.bfloat16))
+    assert y.dtype == jnp.float32
+    assert norm.mean[...].dtype == jnp.float32 and norm.var[...].dtype == jnp.float32
+
+
+def test_ra_paired_passes_equal_separate_passes():
+    from imgae_dx_jax.families.ra import in_pairs
+
+    paired, separate = small_model("ra"), small_model("ra")
+    paired.train()
+    separate.train()
+    a = jax.random.uniform(jax.random.key(1), (3, SIZE, SIZE, 1))
+    b = jax.random.uniform(jax.random.key(2), (3, SIZE, SIZE, 1))
+    enc_a, enc_b = in_pairs(paired.encoder, a, b)
+    for got, want in zip(
+        jax.tree.leaves((enc_a, enc_b)),
+        jax.tree.leaves((separate.encoder(a), separate.encoder(b))),
+        strict=True,
+    ):
+        assert got.shape == want.shape
+        assert jnp.allclose(got, want, atol=1e-5)
+    assert all(
+        jnp.allclose(p, q, atol=1e-6)
+        for p, q in zip(
+            jax.tree.leaves(nnx.state(paired, nnx.BatchStat)),
+            jax.tree.leaves(nnx.state(separate, nnx.BatchStat)),
+            strict=True,
+        )
+    )
