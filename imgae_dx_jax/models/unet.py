@@ -2,7 +2,7 @@
 
 Skip connections let a plain reconstruction U-Net copy its input, anomalies included, so the
 default training mode adds low-frequency Gaussian noise to the input and asks for the clean
-image back (see :func:`imgae_dx_jax.objectives.coarse_noise`). The architecture matches the
+image back (see :func:`imgae_dx_jax.families.unet.coarse_noise`). The architecture matches the
 classic PyTorch U-Net: with widths ``(32, 64, 128, 256)`` it has 1,927,841 parameters.
 """
 
