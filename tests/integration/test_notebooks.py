@@ -1,4 +1,7 @@
-"""The notebooks: generated from scripts/generate_notebooks.py, guarded, and they all run.
+"""The notebooks: generated from notebooks/src, guarded, and they all run.
+
+scripts/generate_notebooks.py makes each ``notebooks/<name>.ipynb`` from its percent-format
+source ``notebooks/src/<name>.py`` (tests/unit/test_notebook_sources.py tests that parser).
 
 The quickstart is executed headlessly with nbclient in a kernel of *this* interpreter (a
 temporary kernelspec on JUPYTER_PATH), with tiny settings injected after its ``parameters``
