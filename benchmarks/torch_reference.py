@@ -5,28 +5,33 @@ harness asserts the counts match): the U-Net (conv3x3-GroupNorm(8)-SiLU twice pe
 max pooling, 2x2 stride-2 transposed convolutions, concatenated skips, 1x1 head, sigmoid;
 1,927,841 parameters at widths 32-64-128-256), the AE (stride-2 conv3x3-BN-ReLU encoder,
 dense bottleneck, nearest x2 upsampling + conv3x3-BN-ReLU decoder, conv3x3 head, sigmoid)
-and the RA (Reversed Autoencoder, ci-ber/RA's Soft-IntroVAE with residual blocks: conv5x5-BN-
-LeakyReLU(0.2) and average pooling, one residual block + pooling per width, a last residual
-block, a linear layer to ``2 * zdim``; the decoder mirrors it with nearest x2 upsampling, a
-conv5x5 head and a sigmoid; widths 32-64-128-256-256, zdim 128, BatchNorm with PyTorch's
-defaults). The training step matches :mod:`imgae_dx_jax.families`: Adam, MSE against the
+and the RA (Reversed Autoencoder, ci-ber/RA's Soft-IntroVAE with residual blocks:
+conv5x5-BN-LeakyReLU(0.2) and average pooling, one residual block + pooling per width, a last
+residual block, a linear layer to ``2 * zdim``; the decoder mirrors it with nearest x2
+upsampling, a conv5x5 head and a sigmoid; widths 32-64-128-256-256, the package default and
+half the paper's, zdim 128, BatchNorm with PyTorch's defaults; 6,967,937 parameters at 64 px).
+
+The training steps match :mod:`imgae_dx_jax.families`. U-Net and AE: Adam, MSE against the
 clean image, and for the U-Net coarse noise (16x16 Gaussian grid, std 0.2, bilinear
-upsampling) added to the input. The RA step is :mod:`imgae_dx_jax.families.ra`'s, which is
-ci-ber/RA's ``RA_Trainer``: an encoder Adam step, then a decoder Adam step (learning rate
-5e-5 each, the loss weights of ``model.ra`` in ``configs/default.yaml``), with the same
+upsampling) added to the input. RA: :mod:`imgae_dx_jax.families.ra`'s step, which is
+ci-ber/RA's ``RA_Trainer`` step: an encoder Adam step, then a decoder Adam step (learning
+rate 5e-5 each, the loss weights of ``model.ra`` in ``configs/default.yaml``), with the same
 encoder/decoder passes and detach points, the Soft-IntroVAE losses and the reversed
-multi-scale embedding loss. Where the Flax family computes less than the authors' trainer,
-this reference follows the Flax family, as a speed reference must: the authors encode the
+multi-scale embedding loss. Where the Flax family differs from the authors' trainer, this
+reference follows the Flax family, as a speed reference must: the authors encode the
 detached reconstruction twice in the encoder step (once for its embeddings, once inside
-``model(rec.detach())``), the Flax family once (one encoder pass fewer per step, same
-gradients). Learning rates are constant here (the Flax runs decay them with a cosine
-schedule, which costs nothing measurable).
+``model(rec.detach())``), the Flax family once (one encoder pass fewer per step; same losses
+and gradients, BatchNorm running averages updated once fewer), and it decodes the prior
+sample after, not before, encoding the batch (which changes nothing but the order of those
+updates). Learning rates are constant here (the Flax runs decay them with a cosine schedule,
+the authors step theirs down once at epoch 100; neither costs anything measurable).
 
 Evaluation throughput is that of each model's anomaly map in eval mode: the residual
 ``|x - x_hat|`` for the U-Net and the AE, and for the RA the residual of ``D(mu(x))`` times
 the saliency of :func:`imgae_dx_jax.families.ra.encoder_saliency` (per-scale ``1 - cosine
 similarity`` of the encoder embeddings of ``x`` and ``x_hat``, bilinearly upsampled, averaged,
-clipped at 0, Gaussian-smoothed with sigma 2).
+clipped at 0, Gaussian-smoothed with sigma 2), which stands in for the paper's LPIPS
+saliency and CLAHE (see :mod:`imgae_dx_jax.families.ra`).
 
 Torch is not a dependency of the package. Run this file with a Python that has it, either
 once (``--model unet --size 64``, prints one JSON line) or as a server (``--serve``) that
@@ -219,17 +224,16 @@ class RADecoder(nn.Module):
 
 
 class RA(nn.Module):
-    """``imgae_dx_jax.models.reversed_ae.ReversedAutoencoder``: encoder and decoder."""
+    """``imgae_dx_jax.models.reversed_ae.ReversedAutoencoder``: encoder and decoder.
+
+    Trained and used through them (:func:`ra_step`, :func:`anomaly_map`), as the Flax family.
+    """
 
     def __init__(self, image_size: int, widths: tuple[int, ...] = RA_WIDTHS, zdim: int = RA_ZDIM):
         super().__init__()
         self.zdim = zdim
         self.encoder = RAEncoder(image_size, widths, zdim)
         self.decoder = RADecoder(image_size, widths, zdim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Deterministic reconstruction ``D(mu(x))`` of ``x`` [B, 1, H, W]."""
-        return self.decoder(self.encoder(x)[0])
 
 
 def build(model: str, size: int) -> nn.Module:
