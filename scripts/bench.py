@@ -8,10 +8,12 @@ Per model and image size, in a fresh process each (so that peak RSS is per model
 step of :func:`imgae_dx_jax.training.step.build_trainer` (the real jitted, donated, sharded
 step) with ``model.fast_path`` on (``always``) and off (``never``), its first-step time (trace +
 compile + run), the median of >= 7 steps after warm-up and images/s; eval images/s of the
-evaluation's anomaly maps; peak host RSS; device memory on a GPU/TPU. For the U-Net and the
-AE the PyTorch reference (``benchmarks/torch_reference.py``, run by ``--torch-python`` as a
-server in a subprocess) is timed in the same rounds, interleaved with the Flax steps, so that
-the ratio is taken on the same machine state; its parameter count must equal the Flax one.
+evaluation's anomaly maps; peak host RSS; device memory on a GPU/TPU. For each model of
+``TORCH_MODELS`` (the U-Net, the RA and the AE) the PyTorch reference
+(``benchmarks/torch_reference.py``, run by ``--torch-python`` as a server in a subprocess, once
+per ``--torch-threads`` setting) is timed in the same rounds, interleaved with the Flax steps,
+so that the ratio is taken on the same machine state, against its fastest thread setting; its
+parameter count must equal the Flax one.
 The load average is recorded before and after every round; where it exceeded the number of
 cores the table prints no ratio (the figures stay in the JSON, with ``idle: false``).
 Then the data figures of ``scripts/bench_data.py`` and the wall time and peak RSS of
@@ -38,7 +40,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH_REFERENCE = ROOT / "benchmarks" / "torch_reference.py"
-TORCH_MODELS = ("unet", "ae")
+TORCH_MODELS = ("unet", "ra", "ae")
 PATHS = {"fast": "always", "plain": "never"}
 
 
@@ -160,12 +162,7 @@ def measure_model(model: str, size: int, args: argparse.Namespace) -> dict[str, 
             torch_params = server.ask(
                 cmd="init", model=model, size=size, batch=args.batch, eval_batch=args.eval_batch
             )["params"]
-            for label, entry in flax.items():
-                if torch_params != entry["params"]:
-                    raise AssertionError(
-                        f"{model}: PyTorch reference has {torch_params} parameters, "
-                        f"Flax ({label}) {entry['params']}"
-                    )
+            check_param_counts(model, torch_params, flax)
             server.ask(cmd="steps", n=2)  # warm-up
             name = f"threads={server.info['threads']}"
             servers[name] = server
@@ -210,6 +207,25 @@ def measure_model(model: str, size: int, args: argparse.Namespace) -> dict[str, 
     result["device_peak_mb"] = stats.get("peak_bytes_in_use", 0) / 2**20 if stats else None
     del jnp
     return result
+
+
+def check_param_counts(model: str, torch_params: int, flax: dict[str, dict[str, Any]]) -> None:
+    """Refuse a PyTorch reference whose parameter count differs from a Flax path's.
+
+    Args:
+        model: the model name (for the message).
+        torch_params: the reference's parameter count.
+        flax: per Flax path (``fast``, ``plain``), its entry with ``params``.
+
+    Raises:
+        AssertionError: naming both counts, if any path's count differs.
+    """
+    for label, entry in flax.items():
+        if torch_params != entry["params"]:
+            raise AssertionError(
+                f"{model}: PyTorch reference has {torch_params} parameters, "
+                f"Flax ({label}) {entry['params']}"
+            )
 
 
 def machine_was_idle(loads: list[list[float]], cpus: int | None = None) -> bool:

@@ -1,8 +1,14 @@
 """The benchmark scripts' reporting: what they print is what they measured."""
 
+import ast
 import importlib.util
 import sys
 from pathlib import Path
+
+import pytest
+
+from imgae_dx_jax.config import load_config
+from imgae_dx_jax.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -13,6 +19,19 @@ def load(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def reference_constants() -> dict:
+    """The module-level constants of ``benchmarks/torch_reference.py``, read without torch."""
+    tree = ast.parse((ROOT / "benchmarks" / "torch_reference.py").read_text())
+    return {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id.isupper()
+    }
 
 
 def model_row(loads):
@@ -64,3 +83,32 @@ def test_quality_table_shows_the_validation_auroc_used_to_choose():
     assert line.startswith("| pediatric | ae | 64 | 0.975 | 0.960 (0.944-0.973) |")
     metrics = {"auroc": 0.96, "score": "top10", "score_val_auroc": {"mean": 0.9, "top10": 0.97}}
     assert quality.summarise(metrics)["val_auroc"] == 0.97
+
+
+def test_every_model_family_is_timed_against_its_pytorch_reference():
+    bench = load("bench")
+    assert set(bench.TORCH_MODELS) == set(FAMILIES) == set(reference_constants()["MODELS"])
+
+
+def test_pytorch_reference_has_the_default_settings_of_each_model():
+    # The bench compares parameter counts (widths, latent sizes); these settings they miss.
+    model = load_config().model
+    ref = reference_constants()
+    assert ref["LEARNING_RATES"] == {name: getattr(model, name).learning_rate for name in FAMILIES}
+    ra = model.ra
+    assert (ref["RA_BETA_REC"], ref["RA_BETA_KL"], ref["RA_BETA_NEG"], ref["RA_GAMMA_R"]) == (
+        ra.beta_rec,
+        ra.beta_kl,
+        ra.beta_neg,
+        ra.gamma_r,
+    )
+    assert ref["RA_EMBEDDING_WEIGHT"] == ra.embedding_weight
+    assert ref["RA_SALIENCY_SIGMA"] == ra.saliency_sigma
+
+
+def test_a_pytorch_reference_with_another_parameter_count_is_refused():
+    bench = load("bench")
+    flax = {"fast": {"params": 6967937}, "plain": {"params": 6967937}}
+    bench.check_param_counts("ra", 6967937, flax)
+    with pytest.raises(AssertionError, match="ra: PyTorch reference has 6967936 parameters"):
+        bench.check_param_counts("ra", 6967936, flax)
