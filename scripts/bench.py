@@ -436,9 +436,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--torch-threads",
         type=int,
         nargs="+",
-        default=[0],
-        help="thread counts of the reference, each timed (0: PyTorch's default); the ratio is "
-        "taken against the fastest",
+        default=[0, 1],
+        help="thread counts of the reference, each timed (0: PyTorch's default, one per core); "
+        "the ratio is taken against the fastest (default: 0 1)",
     )
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-data", action="store_true")
