@@ -193,6 +193,9 @@ class TrainingLoop:
         self.pending: list[Any] = []
         """Per-step loss terms (device arrays) not yet checked for NaN/inf."""
         self.pending_first_step = 0
+        self.first_step_s: float | None = None
+        """Wall time of this invocation's first step: tracing, compiling (or loading from the
+        compilation cache) and running it; logged once."""
         self.skips: dict[tuple[str, str], SkipLog] = {}
         """(split, stage) -> images skipped, for the summary at the end of the run."""
         self.meta_base = {
@@ -304,9 +307,18 @@ class TrainingLoop:
         for _ in range(steps):
             batch = next(data_iter)
             images = distributed.global_batch(batch["image"], self.mesh)
+            step_start = time.perf_counter()
             self.trainer.state, metrics = self.trainer.train_step(
                 self.trainer.state, images, np.uint32(p.step)
             )
+            if self.first_step_s is None:
+                jax.block_until_ready(metrics)
+                self.first_step_s = time.perf_counter() - step_start
+                log.info(
+                    "first step: %.1f s (tracing, compiling or loading it from the compilation "
+                    "cache, and running it)",
+                    self.first_step_s,
+                )
             if not self.pending:
                 self.pending_first_step = p.step + 1
             p.step += 1

@@ -83,3 +83,42 @@ def test_state_is_created_in_one_compilation_with_the_eager_values(name, compile
     assert len(built) == len(eager)
     for a, b in zip(built, eager, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("model", ["ra", "ae"])
+def test_tracer_error_messages_do_not_grow_with_the_batch_norm_layers(model, monkeypatch):
+    """Tracing a step asks tracers for their ``sharding`` a fixed number of times.
+
+    Asking makes the tracer build an error message by searching the whole computation traced
+    so far (``_origin_msg``). Flax's ``stat[...] = x`` asks for every BatchNorm running
+    average, which made tracing quadratic in the step's size (26 s for the RA step at 64 px);
+    what is left (the optimisers' step counters) does not depend on the depth.
+    """
+    from jax._src.interpreters import partial_eval
+
+    original = partial_eval.DynamicJaxprTracer._origin_msg
+
+    def messages(widths: str) -> int:
+        config = load_config(
+            overrides=[
+                f"model.name={model}",
+                "data.image_size=16",
+                "train.batch_size=2",
+                f"model.{model}.widths={widths}",
+                "model.ra.zdim=4",
+                "model.ae.latent_dim=4",
+            ]
+        )
+        trainer = build_trainer(config, distributed.make_mesh(), total_steps=1)
+        calls = []
+
+        def counted(self):
+            calls.append(1)
+            return original(self)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(partial_eval.DynamicJaxprTracer, "_origin_msg", counted)
+            trainer.train_step.trace(trainer.state, np.zeros((2, 16, 16, 1), np.uint8), 0)
+        return len(calls)
+
+    assert messages("[4,8]") == messages("[4,8,8,8]")

@@ -1,10 +1,12 @@
-"""The training bar counts finished steps: it moves where the loop waits for the device."""
+"""The training loop's progress: the bar counts finished steps, the first step is timed."""
+
+import logging
 
 from imgae_dx_jax.config import load_config
 from imgae_dx_jax.training.train import train
 
 
-def test_the_training_bar_moves_at_synchronised_steps_only(tmp_path, bars):
+def test_the_training_bar_moves_at_synchronised_steps_only(tmp_path, bars, caplog):
     config = load_config(
         overrides=[
             "model.name=ae",
@@ -19,10 +21,14 @@ def test_the_training_bar_moves_at_synchronised_steps_only(tmp_path, bars):
             "tracking.wandb=disabled",
         ]
     )
-    train(config, tmp_path / "run")
+    with caplog.at_level(logging.INFO, logger="imgae_dx_jax.training.loop"):
+        train(config, tmp_path / "run")
     (bar,) = [b for b in bars if b.unit == "step"]
     assert bar.desc == "images_001 epoch 1/1" and bar.total > 7  # max_steps cuts the epoch
     # Steps 3 and 6 are log steps (train.log_every), where the metrics are fetched; step 7 is
     # the end of the (cut) epoch, where the loop waits for the last steps.
     assert bar.counts == [3, 6, 7]
     assert "img_s=" in bar.postfix and "loss=" in bar.postfix
+    # The first step (compilation included) is timed once, the others are not.
+    (first,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("first step")]
+    assert float(first.split()[2]) > 0
