@@ -23,6 +23,7 @@ import yaml
 
 from imgae_dx_jax.errors import ConfigError
 from imgae_dx_jax.schema import (
+    ENSEMBLE_MAPS,
     FAST_PATHS,
     INTENSITIES,
     LR_SCHEDULES,
@@ -212,6 +213,11 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
         fail("model.unet.noise", f"unknown noise {m.unet.noise!r}; choose {', '.join(UNET_NOISES)}")
     if m.ae.latent_dim < 1 or m.ra.zdim < 1:
         fail("model.ae.latent_dim" if m.ae.latent_dim < 1 else "model.ra.zdim", "must be >= 1")
+    if m.ae.ensemble < 1:
+        fail("model.ae.ensemble", "must be >= 1 (1 = a single autoencoder)")
+    if m.ae.ensemble_map not in ENSEMBLE_MAPS:
+        choices = ", ".join(ENSEMBLE_MAPS)
+        fail("model.ae.ensemble_map", f"unknown map {m.ae.ensemble_map!r}; choose {choices}")
     for key, value in (
         ("train.epochs", t.epochs),
         ("train.batch_size", t.batch_size),

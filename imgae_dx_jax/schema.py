@@ -27,6 +27,9 @@ SCORES = ("mean", "top25", "top10", "top5", "top1")
 """Candidate image scores (:mod:`imgae_dx_jax.inference`), simplest first: ``mean`` of the
 anomaly map, ``top<k>`` the mean of its top k% pixels after a 5x5 median filter."""
 THRESHOLD_RULES = ("specificity", "youden", "f1")
+ENSEMBLE_MAPS = ("variance", "mean")
+"""Anomaly maps of an AE ensemble (``model.ae.ensemble`` > 1): the per-pixel variance of the
+members' mean images, or the average of the members' own maps."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,13 @@ class AEConfig:
     uncertainty: bool
     """Decode a per-pixel log-variance too, train with the Gaussian NLL and map
     ``(x - mu)^2 / exp(logvar)`` (Mao et al., MICCAI 2020)."""
+    ensemble: int
+    """Members of a deep ensemble: this many independently initialised autoencoders, trained
+    together, each on its own loss; 1 is the single autoencoder."""
+    ensemble_map: str
+    """Anomaly map of an ensemble (one of :data:`ENSEMBLE_MAPS`): ``variance`` (per pixel, of
+    the members' mean images: their disagreement) or ``mean`` (the average of the members'
+    maps); unused with one member."""
     learning_rate: float
     """Learning rate (optimiser: ``train.optimizer``)."""
 

@@ -72,6 +72,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "ae-no-border": ("ae", ["eval.border=0"]),
     "ae-no-intensity": ("ae", ["data.intensity=none"]),
     "ae-latent4": ("ae", ["model.ae.latent_dim=4"]),
+    # Deep ensembles of 4 independently initialised AEs; map: the per-pixel variance of the
+    # members' mean images (the default ensemble map), or the average of the members' maps.
+    "ae-ensemble": ("ae", ["model.ae.ensemble=4"]),
+    "ae-ensemble-mean": ("ae", ["model.ae.ensemble=4", "model.ae.ensemble_map=mean"]),
+    "ae-mse-ensemble": ("ae", ["model.ae.uncertainty=false", "model.ae.ensemble=4"]),
 }
 """Variant name -> (model family, ``--set`` overrides over the defaults)."""
 

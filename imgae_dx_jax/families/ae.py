@@ -1,10 +1,19 @@
-"""``ae``: a convolutional autoencoder with a dense bottleneck.
+"""``ae``: a convolutional autoencoder with a dense bottleneck, or a deep ensemble of them.
 
 Without ``model.ae.uncertainty`` (the plain AE) it is trained on MSE and its anomaly map is
 the residual ``|x - x_hat|``. With it (the default; Mao et al., MICCAI 2020) the decoder also
 predicts a per-pixel log-variance, the model is trained on the Gaussian
 negative log-likelihood (:func:`~imgae_dx_jax.families.losses.gaussian_nll`) and the map is the
 squared error divided by the predicted variance, ``(x - mu)^2 / exp(logvar)``.
+
+With ``model.ae.ensemble: K`` above 1 the family is K independently initialised autoencoders
+(:class:`~imgae_dx_jax.models.autoencoder.AutoencoderEnsemble`) trained in the same step on
+the same batch, each on its own loss: the step differentiates the sum of the members' losses,
+so each member gets the gradient it would get alone; the reported loss is their mean. The
+reconstruction is the members' mean image, and the map (``model.ae.ensemble_map``) is
+``variance``, the per-pixel variance over the members of their mean images ``mu_k`` (their
+disagreement, the ensemble's epistemic uncertainty; an uncertainty head's predicted variance
+does not enter it), or ``mean``, the average of the members' own maps above.
 """
 
 from __future__ import annotations
@@ -21,16 +30,28 @@ from imgae_dx_jax.families.losses import (
     gaussian_nll,
     loss_step,
     mse,
-    reconstruction_step,
     residual_map,
     single_optimizer,
 )
-from imgae_dx_jax.models.autoencoder import Autoencoder
+from imgae_dx_jax.models.autoencoder import Autoencoder, AutoencoderEnsemble
 from imgae_dx_jax.schema import AEConfig
 
 
-def build(cfg: AEConfig, image_size: int, fast: bool, dtype: Any, rngs: nnx.Rngs) -> Autoencoder:
-    """The autoencoder of ``cfg`` for ``image_size`` square images."""
+def build(
+    cfg: AEConfig, image_size: int, fast: bool, dtype: Any, rngs: nnx.Rngs
+) -> Autoencoder | AutoencoderEnsemble:
+    """The autoencoder of ``cfg`` for ``image_size`` square images (an ensemble if K > 1)."""
+    if cfg.ensemble > 1:
+        return AutoencoderEnsemble(
+            cfg.ensemble,
+            cfg.widths,
+            cfg.latent_dim,
+            image_size,
+            uncertainty=cfg.uncertainty,
+            fast=fast,
+            dtype=dtype,
+            rngs=rngs,
+        )
     return Autoencoder(
         cfg.widths,
         cfg.latent_dim,
@@ -42,40 +63,75 @@ def build(cfg: AEConfig, image_size: int, fast: bool, dtype: Any, rngs: nnx.Rngs
     )
 
 
-def _nll(model: nnx.Module, batch: jax.Array) -> jax.Array:
-    mean, logvar = cast(Autoencoder, model).mean_and_logvar(batch)
-    return gaussian_nll(batch, mean, logvar)
+def members(model: nnx.Module) -> list[Autoencoder]:
+    """The autoencoders of ``model``: an ensemble's members, or the single model itself."""
+    if isinstance(model, AutoencoderEnsemble):
+        return list(model.members)
+    return [cast(Autoencoder, model)]
+
+
+def _member_loss(cfg: AEConfig, member: Autoencoder, batch: jax.Array) -> jax.Array:
+    if cfg.uncertainty:
+        mean, logvar = member.mean_and_logvar(batch)
+        return gaussian_nll(batch, mean, logvar)
+    return mse(member(batch), batch)
+
+
+def _summed_loss(cfg: AEConfig, model: nnx.Module, batch: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.stack([_member_loss(cfg, m, batch) for m in members(model)]))
 
 
 def optimizers(cfg: AEConfig, model: nnx.Module, make_transform: MakeTransform) -> Optimizers:
-    """One optimiser, ``model``."""
+    """One optimiser, ``model`` (over every member of an ensemble)."""
     return single_optimizer(model, make_transform(cfg.learning_rate))
 
 
 def train_step(
     cfg: AEConfig, model: nnx.Module, optimizers: Optimizers, batch: jax.Array, key: jax.Array
 ) -> Metrics:
-    """Reconstruction MSE (or, with uncertainty, Gaussian NLL) step; ``key`` is unused."""
+    """Reconstruction MSE (or, with uncertainty, Gaussian NLL) step; ``key`` is unused.
+
+    An ensemble steps on the sum of its members' losses and reports their mean as ``loss``.
+    """
     del key
-    if cfg.uncertainty:
-        return loss_step(model, optimizers["model"], lambda m: _nll(m, batch))
-    return reconstruction_step(model, optimizers["model"], batch, batch)
+    metrics = loss_step(model, optimizers["model"], lambda m: _summed_loss(cfg, m, batch))
+    return {"loss": metrics["loss"] / cfg.ensemble}
 
 
 def eval_losses(cfg: AEConfig, model: nnx.Module, batch: jax.Array, key: jax.Array) -> Metrics:
-    """``loss``: the training loss (MSE or NLL) in eval mode (``key`` is unused)."""
+    """``loss``: the training loss (MSE or NLL; an ensemble's mean) in eval mode.
+
+    ``key`` is unused.
+    """
     del key
+    return {"loss": _summed_loss(cfg, eval_view(model), batch) / cfg.ensemble}
+
+
+def _member_map(
+    cfg: AEConfig, member: Autoencoder, batch: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     if cfg.uncertainty:
-        return {"loss": _nll(eval_view(model), batch)}
-    return {"loss": mse(eval_view(model)(batch), batch)}
+        mean, logvar = member.mean_and_logvar(batch)
+        return mean, (jnp.square(batch - mean) * jnp.exp(-logvar))[..., 0]
+    return residual_map(member, batch)
 
 
 def anomaly_map(cfg: AEConfig, model: nnx.Module, batch: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The residual ``|x - x_hat|``, or with uncertainty ``(x - mu)^2 / exp(logvar)``."""
-    if cfg.uncertainty:
-        mean, logvar = cast(Autoencoder, model).mean_and_logvar(batch)
-        return mean, (jnp.square(batch - mean) * jnp.exp(-logvar))[..., 0]
-    return residual_map(model, batch)
+    """The residual ``|x - x_hat|``, or with uncertainty ``(x - mu)^2 / exp(logvar)``.
+
+    An ensemble returns its members' mean image and, by ``cfg.ensemble_map``, the per-pixel
+    variance of the members' mean images (``variance``) or the average of their maps
+    (``mean``).
+    """
+    outputs = [_member_map(cfg, m, batch) for m in members(model)]
+    if len(outputs) == 1:
+        return outputs[0]
+    means = jnp.stack([mean for mean, _ in outputs])
+    if cfg.ensemble_map == "variance":
+        amap = jnp.var(means, axis=0)[..., 0]
+    else:
+        amap = jnp.mean(jnp.stack([member_map for _, member_map in outputs]), axis=0)
+    return jnp.mean(means, axis=0), amap
 
 
 FAMILY = Family(build, optimizers, train_step, eval_losses, anomaly_map)

@@ -10,12 +10,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from imgae_dx_jax.models.autoencoder import Autoencoder
+from imgae_dx_jax.models.autoencoder import Autoencoder, AutoencoderEnsemble
 from imgae_dx_jax.models.reversed_ae import ReversedAutoencoder
 from imgae_dx_jax.models.unet import UNet
 
 __all__ = [
     "Autoencoder",
+    "AutoencoderEnsemble",
     "ReversedAutoencoder",
     "UNet",
     "compute_dtype",

@@ -7,6 +7,7 @@ x2 upsampling followed by conv3x3 -> BatchNorm -> ReLU, mirroring the encoder wi
 conv3x3 to one channel with a sigmoid. A small bottleneck helps anomaly detection on chest
 X-rays (AE4AD, MICCAI 2024). With ``uncertainty`` the last conv has a second output channel,
 a per-pixel log-variance (no activation), for a Gaussian likelihood (Mao et al., MICCAI 2020).
+:class:`AutoencoderEnsemble` holds several independently initialised autoencoders.
 """
 
 from __future__ import annotations
@@ -118,3 +119,40 @@ class Autoencoder(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Reconstruct ``x`` [B, H, W, 1] (the mean image)."""
         return self.decode(self.encode(x))
+
+
+class AutoencoderEnsemble(nnx.Module):
+    """``members`` independently initialised :class:`Autoencoder` s of one shape (a deep ensemble).
+
+    The members are built one after the other from the same ``rngs``, so each draws its own
+    initial parameters (the first is the :class:`Autoencoder` those ``rngs`` would build
+    alone); they share nothing, BatchNorm statistics included. The other arguments are those of
+    :class:`Autoencoder`, for every member.
+    """
+
+    def __init__(
+        self,
+        members: int,
+        widths: Sequence[int],
+        latent_dim: int,
+        image_size: int,
+        *,
+        uncertainty: bool = False,
+        fast: bool = False,
+        dtype: Any = None,
+        rngs: nnx.Rngs,
+    ):
+        self.members = nnx.List(
+            [
+                Autoencoder(
+                    widths,
+                    latent_dim,
+                    image_size,
+                    uncertainty=uncertainty,
+                    fast=fast,
+                    dtype=dtype,
+                    rngs=rngs,
+                )
+                for _ in range(members)
+            ]
+        )
