@@ -41,9 +41,9 @@ def build(
     cfg: AEConfig, image_size: int, fast: bool, dtype: Any, rngs: nnx.Rngs
 ) -> Autoencoder | AutoencoderEnsemble:
     """The autoencoder of ``cfg`` for ``image_size`` square images (an ensemble if K > 1)."""
-    if cfg.ensemble > 1:
-        return AutoencoderEnsemble(
-            cfg.ensemble,
+
+    def member() -> Autoencoder:
+        return Autoencoder(
             cfg.widths,
             cfg.latent_dim,
             image_size,
@@ -52,15 +52,10 @@ def build(
             dtype=dtype,
             rngs=rngs,
         )
-    return Autoencoder(
-        cfg.widths,
-        cfg.latent_dim,
-        image_size,
-        uncertainty=cfg.uncertainty,
-        fast=fast,
-        dtype=dtype,
-        rngs=rngs,
-    )
+
+    if cfg.ensemble > 1:
+        return AutoencoderEnsemble([member() for _ in range(cfg.ensemble)])
+    return member()
 
 
 def members(model: nnx.Module) -> list[Autoencoder]:

@@ -122,37 +122,13 @@ class Autoencoder(nnx.Module):
 
 
 class AutoencoderEnsemble(nnx.Module):
-    """``members`` independently initialised :class:`Autoencoder` s of one shape (a deep ensemble).
+    """A deep ensemble: independently initialised :class:`Autoencoder` s of one shape.
 
-    The members are built one after the other from the same ``rngs``, so each draws its own
-    initial parameters (the first is the :class:`Autoencoder` those ``rngs`` would build
-    alone); they share nothing, BatchNorm statistics included. The other arguments are those of
-    :class:`Autoencoder`, for every member.
+    The members share nothing, BatchNorm statistics included.
+    :func:`imgae_dx_jax.families.ae.build` builds them one after the other from the same
+    ``rngs``, so each draws its own initial parameters (the first is the :class:`Autoencoder`
+    those ``rngs`` would build alone).
     """
 
-    def __init__(
-        self,
-        members: int,
-        widths: Sequence[int],
-        latent_dim: int,
-        image_size: int,
-        *,
-        uncertainty: bool = False,
-        fast: bool = False,
-        dtype: Any = None,
-        rngs: nnx.Rngs,
-    ):
-        self.members = nnx.List(
-            [
-                Autoencoder(
-                    widths,
-                    latent_dim,
-                    image_size,
-                    uncertainty=uncertainty,
-                    fast=fast,
-                    dtype=dtype,
-                    rngs=rngs,
-                )
-                for _ in range(members)
-            ]
-        )
+    def __init__(self, members: Sequence[Autoencoder]):
+        self.members = nnx.List(list(members))
