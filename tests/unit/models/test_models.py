@@ -7,7 +7,9 @@ from flax import nnx
 
 from imgae_dx_jax.config import load_config
 from imgae_dx_jax.families import create_model
+from imgae_dx_jax.families.ra import in_pairs
 from imgae_dx_jax.models import Autoencoder, ReversedAutoencoder, UNet
+from imgae_dx_jax.models.layers import BatchNorm
 
 SIZE = 16
 SMALL = {
@@ -108,8 +110,6 @@ def test_unknown_model_name():
 
 
 def test_batch_norm_is_flax_batch_norm_with_torch_settings():
-    from imgae_dx_jax.models.layers import BatchNorm
-
     ours, flax_norm = (
         BatchNorm(3, rngs=nnx.Rngs(0)),
         nnx.BatchNorm(3, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0)),
@@ -126,8 +126,6 @@ def test_batch_norm_is_flax_batch_norm_with_torch_settings():
 
 
 def test_batch_norm_groups_equal_one_call_per_sub_batch():
-    from imgae_dx_jax.models.layers import BatchNorm
-
     grouped, separate = BatchNorm(3, rngs=nnx.Rngs(0)), BatchNorm(3, rngs=nnx.Rngs(0))
     grouped.train()
     separate.train()
@@ -143,8 +141,6 @@ def test_batch_norm_groups_equal_one_call_per_sub_batch():
 
 
 def test_batch_norm_keeps_float32_running_averages_for_bfloat16_inputs():
-    from imgae_dx_jax.models.layers import BatchNorm
-
     norm = BatchNorm(3, rngs=nnx.Rngs(0))
     norm.train()
     y = nnx.jit(lambda m, x: m(x))(norm, jnp.ones((2, 4, 4, 3), jnp.bfloat16))
@@ -153,8 +149,6 @@ def test_batch_norm_keeps_float32_running_averages_for_bfloat16_inputs():
 
 
 def test_ra_paired_passes_equal_separate_passes():
-    from imgae_dx_jax.families.ra import in_pairs
-
     paired, separate = small_model("ra"), small_model("ra")
     paired.train()
     separate.train()
