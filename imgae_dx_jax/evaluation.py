@@ -56,7 +56,6 @@ from imgae_dx_jax.metrics.image import (
 )
 from imgae_dx_jax.metrics.localization import localization, scaled_boxes
 from imgae_dx_jax.metrics.threshold import choose_score, describe_rule, map_scale, select_threshold
-from imgae_dx_jax.report.documents import write_report
 from imgae_dx_jax.report.tables import TRACKED_TABLES
 from imgae_dx_jax.results import Band, Comparison, ModelResult, SplitScores
 from imgae_dx_jax.schema import Config, DataConfig, EvalConfig
@@ -431,6 +430,10 @@ def evaluate_runs(
         else:
             write_wide_scores_csv(out / "scores.csv", models)
         comparison.files = {"metrics": out / "metrics.json", "scores": out / "scores.csv"}
+        # Imported here: the report's figures need matplotlib (~35 MB resident), which a
+        # training run should not hold while it compiles its step (the peak of its memory).
+        from imgae_dx_jax.report.documents import write_report
+
         comparison.files |= write_report(comparison)
         if tracker is not None:
             log_to_tracker(tracker, comparison)

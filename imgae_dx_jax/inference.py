@@ -33,7 +33,7 @@ from imgae_dx_jax.data import Store
 from imgae_dx_jax.data.intensity import model_input
 from imgae_dx_jax.data.nih import Record
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset
-from imgae_dx_jax.families import anomaly_maps
+from imgae_dx_jax.families import anomaly_maps, compiler_options
 from imgae_dx_jax.memory import release_memory
 from imgae_dx_jax.progress import progress_bar
 from imgae_dx_jax.results import SplitScores
@@ -133,7 +133,9 @@ class Scorer:
         self.score = score
         self._column = SCORES.index(score)
 
-        @partial(jax.jit, static_argnames="median")
+        options = compiler_options(config.model, jax.default_backend())
+
+        @partial(jax.jit, static_argnames="median", compiler_options=options)
         def run(state: Any, images: jax.Array, median: bool) -> tuple[jax.Array, ...]:
             model = nnx.merge(graphdef, state)
             inputs = model_input(images, config.data.intensity)

@@ -106,6 +106,22 @@ def create_model(
     return family.build(cfg.family, image_size, use_fast_path(cfg.fast_path), dtype, rngs)
 
 
+def compiler_options(cfg: ModelConfig, platform: str) -> dict[str, Any] | None:
+    """The XLA options with which the steps of the family ``cfg.name`` compile on ``platform``.
+
+    Args:
+        cfg: the model configuration.
+        platform: the devices' platform (``jax.Device.platform``: ``cpu``, ``gpu``, ``tpu``).
+
+    Returns:
+        The family's :attr:`~imgae_dx_jax.families.base.Family.cpu_compiler_options` on the
+        CPU, for ``jax.jit(..., compiler_options=...)``; None (XLA's defaults) elsewhere.
+    """
+    if platform != "cpu":
+        return None
+    return dict(get_family(cfg.name).cpu_compiler_options) or None
+
+
 def anomaly_maps(
     model: nnx.Module, batch: jax.Array, cfg: ModelConfig
 ) -> tuple[jax.Array, jax.Array]:

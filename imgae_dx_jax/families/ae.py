@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imgae_dx_jax.families.base import Family, MakeTransform, Metrics, Optimizers
+from imgae_dx_jax.families.base import LOW_MEMORY_CPU, Family, MakeTransform, Metrics, Optimizers
 from imgae_dx_jax.families.losses import (
     eval_view,
     gaussian_nll,
@@ -129,4 +129,6 @@ def anomaly_map(cfg: AEConfig, model: nnx.Module, batch: jax.Array) -> tuple[jax
     return jnp.mean(means, axis=0), amap
 
 
-FAMILY = Family(build, optimizers, train_step, eval_losses, anomaly_map)
+FAMILY = Family(
+    build, optimizers, train_step, eval_losses, anomaly_map, cpu_compiler_options=LOW_MEMORY_CPU
+)

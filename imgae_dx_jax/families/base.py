@@ -11,8 +11,8 @@ nnx style, and set train mode themselves.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -26,6 +26,13 @@ Optimizers = dict[str, nnx.Optimizer]
 MakeTransform = Callable[[float], optax.GradientTransformation]
 """learning rate -> the configured optax transformation
 (:func:`~imgae_dx_jax.families.optim.transform`)."""
+
+LOW_MEMORY_CPU: Mapping[str, Any] = {"xla_cpu_use_fusion_emitters": False}
+"""XLA:CPU options that compile a step with XLA's older loop emitters instead of its MLIR
+fusion emitters: the same computation, compiled in ~250 MB less host memory for the AE and
+~200 MB less for the U-Net at 64 px (the compilation is the peak of a CPU run's memory), at
+a step time within 4% (the RA's step is 10% slower with them, so it keeps the default; see
+docs/training.md, "Host memory")."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,8 @@ class Family:
             validation loss used to pick the best checkpoint; eval mode, no mutation.
         anomaly_map: (cfg, eval-mode model, batch [B, H, W, 1]) -> ``(x_hat [B, H, W, 1],
             map [B, H, W])``, deterministic.
+        cpu_compiler_options: XLA options with which the family's steps are compiled on the
+            CPU backend (e.g. :data:`LOW_MEMORY_CPU`); empty: XLA's defaults.
     """
 
     build: Callable[[Any, int, bool, Any, nnx.Rngs], nnx.Module]
@@ -51,3 +60,4 @@ class Family:
     train_step: Callable[[Any, nnx.Module, Optimizers, jax.Array, jax.Array], Metrics]
     eval_losses: Callable[[Any, nnx.Module, jax.Array, jax.Array], Metrics]
     anomaly_map: Callable[[Any, nnx.Module, jax.Array], tuple[jax.Array, jax.Array]]
+    cpu_compiler_options: Mapping[str, Any] = field(default_factory=dict)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imgae_dx_jax.families.base import Family, MakeTransform, Metrics, Optimizers
+from imgae_dx_jax.families.base import LOW_MEMORY_CPU, Family, MakeTransform, Metrics, Optimizers
 from imgae_dx_jax.families.losses import (
     eval_view,
     mse,
@@ -119,4 +119,6 @@ def anomaly_map(
     return residual_map(model, batch)
 
 
-FAMILY = Family(build, optimizers, train_step, eval_losses, anomaly_map)
+FAMILY = Family(
+    build, optimizers, train_step, eval_losses, anomaly_map, cpu_compiler_options=LOW_MEMORY_CPU
+)

@@ -18,7 +18,13 @@ from flax import nnx
 
 from imgae_dx_jax import distributed
 from imgae_dx_jax.data.intensity import model_input
-from imgae_dx_jax.families import anomaly_maps, create_model, get_objective, optim
+from imgae_dx_jax.families import (
+    anomaly_maps,
+    compiler_options,
+    create_model,
+    get_objective,
+    optim,
+)
 from imgae_dx_jax.models import compute_dtype
 from imgae_dx_jax.runtime import training_precision
 from imgae_dx_jax.schema import Config
@@ -94,9 +100,14 @@ def build_trainer(config: Config, mesh: jax.sharding.Mesh, total_steps: int) -> 
     repl = distributed.replicated(mesh)
     train_key, val_key = jax.random.split(jax.random.key(config.train.seed))
     intensity = config.data.intensity
+    # The family's XLA options for its steps on this platform (on the CPU: how much host
+    # memory their compilation takes); the state's creation above compiles with the defaults.
+    jit = partial(
+        jax.jit, compiler_options=compiler_options(config.model, mesh.devices.flat[0].platform)
+    )
 
     @partial(
-        jax.jit,
+        jit,
         donate_argnums=0,
         in_shardings=(sharding, data, None),
         out_shardings=(sharding, repl),
@@ -107,13 +118,13 @@ def build_trainer(config: Config, mesh: jax.sharding.Mesh, total_steps: int) -> 
         metrics = objective.train_step(model, optimizers, model_input(images, intensity), key)
         return nnx.state((model, optimizers)), metrics
 
-    @partial(jax.jit, in_shardings=(sharding, data, None), out_shardings=repl)
+    @partial(jit, in_shardings=(sharding, data, None), out_shardings=repl)
     def eval_step(state: Any, images: jax.Array, index: jax.Array) -> Any:
         model, _ = nnx.merge(graphdef, state)
         key = jax.random.fold_in(val_key, index)
         return objective.eval_losses(model, model_input(images, intensity), key)
 
-    @partial(jax.jit, in_shardings=(sharding, data), out_shardings=repl)
+    @partial(jit, in_shardings=(sharding, data), out_shardings=repl)
     def sample_step(state: Any, images: jax.Array) -> Any:
         model, _ = nnx.merge(graphdef, state)
         inputs = model_input(images, intensity)
