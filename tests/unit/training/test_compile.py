@@ -142,26 +142,23 @@ def test_tracer_error_messages_do_not_grow_with_the_batch_norm_layers(model, mon
 
 
 COMPILE_PEAK = """
-import ctypes, sys
+import sys
 import jax, numpy as np
 from imgae_dx_jax import distributed
 from imgae_dx_jax.config import load_config
+from imgae_dx_jax.memory import peak_rss_mb, release_memory, rss_mb
 from imgae_dx_jax.training.step import build_trainer
-
-def status(key):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) // 1024 for line in f if line.startswith(key))
 
 mesh = distributed.make_mesh()
 trainer = build_trainer(load_config(overrides=sys.argv[1:]), mesh, total_steps=100)
 images = jax.device_put(np.zeros((16, 64, 64, 1), np.uint8), distributed.batch_sharding(mesh))
 lowered = trainer.train_step.trace(trainer.state, images, np.uint32(0)).lower()
-ctypes.CDLL("libc.so.6").malloc_trim(0)
-before = status("VmRSS")
+release_memory()
+before = rss_mb()
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # the peak (VmHWM) restarts from the current RSS
 lowered.compile()
-print(status("VmHWM") - before)
+print(int(peak_rss_mb() - before))
 """
 
 
