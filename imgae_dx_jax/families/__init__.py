@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import jax
@@ -114,12 +114,26 @@ def compiler_options(cfg: ModelConfig, platform: str) -> dict[str, Any] | None:
         platform: the devices' platform (``jax.Device.platform``: ``cpu``, ``gpu``, ``tpu``).
 
     Returns:
-        The family's :attr:`~imgae_dx_jax.families.base.Family.cpu_compiler_options` on the
-        CPU, for ``jax.jit(..., compiler_options=...)``; None (XLA's defaults) elsewhere.
+        The family's :attr:`~imgae_dx_jax.families.base.Family.cpu_compiler_options` that the
+        installed XLA knows, on the CPU, for ``jax.jit(..., compiler_options=...)``; None
+        (XLA's defaults) elsewhere or when it knows none of them.
     """
     if platform != "cpu":
         return None
-    return dict(get_family(cfg.name).cpu_compiler_options) or None
+    options = get_family(cfg.name).cpu_compiler_options
+    return {name: value for name, value in options.items() if _cpu_accepts(name, value)} or None
+
+
+@cache
+def _cpu_accepts(name: str, value: Any) -> bool:
+    """Whether the installed XLA:CPU knows the compile option ``name`` (options come and go
+    between jaxlib releases: jax 0.12 dropped ``xla_cpu_use_fusion_emitters``)."""
+    with jax.default_device(jax.devices("cpu")[0]):
+        try:
+            jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(0.0).compile()
+        except jax.errors.JaxRuntimeError:
+            return False
+    return True
 
 
 def anomaly_maps(
