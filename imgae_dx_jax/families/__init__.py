@@ -126,8 +126,11 @@ def compiler_options(cfg: ModelConfig, platform: str) -> dict[str, Any] | None:
 
 @cache
 def _cpu_accepts(name: str, value: Any) -> bool:
-    """Whether the installed XLA:CPU knows the compile option ``name`` (options come and go
-    between jaxlib releases: jax 0.12 dropped ``xla_cpu_use_fusion_emitters``)."""
+    """Whether the installed XLA:CPU knows the compile option ``name``.
+
+    Options come and go between jaxlib releases: jax 0.12 dropped
+    ``xla_cpu_use_fusion_emitters``.
+    """
     with jax.default_device(jax.devices("cpu")[0]):
         try:
             jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(0.0).compile()
