@@ -30,6 +30,7 @@ from imgae_dx_jax.schema import (
     MODELS,
     OPTIMIZERS,
     PRECISIONS,
+    RA_MAPS,
     SCORES,
     SOURCES,
     STAGES,
@@ -215,6 +216,9 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
         fail("model.ae.latent_dim" if m.ae.latent_dim < 1 else "model.ra.zdim", "must be >= 1")
     if m.ae.ensemble < 1:
         fail("model.ae.ensemble", "must be >= 1 (1 = a single autoencoder)")
+    if m.ra.anomaly_map not in RA_MAPS:
+        choices = ", ".join(RA_MAPS)
+        fail("model.ra.anomaly_map", f"unknown map {m.ra.anomaly_map!r}; choose {choices}")
     if m.ae.ensemble_map not in ENSEMBLE_MAPS:
         choices = ", ".join(ENSEMBLE_MAPS)
         fail("model.ae.ensemble_map", f"unknown map {m.ae.ensemble_map!r}; choose {choices}")

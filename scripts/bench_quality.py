@@ -51,6 +51,7 @@ DATASETS: dict[str, list[str]] = {
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "unet": ("unet", []),
     "ra": ("ra", []),
+    "ra-residual": ("ra", ["model.ra.anomaly_map=residual"]),
     "ae": ("ae", []),
     # The authors' training recipe (Kascenas et al.): AMSGrad with L2 1e-5, cosine decay over
     # the step budget (the default schedule), the coarse noise randomly rolled.

@@ -9,7 +9,7 @@ saliency map. Deviation from the paper: there the map is ``|CLAHE(x_hat) - CLAHE
 a Gaussian-smoothed LPIPS saliency. Pretrained LPIPS weights cannot ship offline and no CLAHE
 is applied here; instead the saliency is the RA encoder's own multi-scale discrepancy between
 ``x`` and ``x_hat`` (:func:`encoder_saliency`), smoothed with a Gaussian of
-``model.ra.saliency_sigma`` pixels.
+``model.ra.saliency_sigma`` pixels. ``model.ra.anomaly_map=residual`` drops the saliency.
 """
 
 from __future__ import annotations
@@ -261,10 +261,15 @@ def eval_losses(cfg: RAConfig, model: nnx.Module, batch: jax.Array, key: jax.Arr
 
 
 def anomaly_map(cfg: RAConfig, model: nnx.Module, batch: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``|x - D(mu(x))|`` times the encoder saliency of the reconstruction."""
+    """``|x - D(mu(x))|``, times the encoder saliency of the reconstruction.
+
+    With ``cfg.anomaly_map == "residual"`` the map is the residual alone.
+    """
     ra = cast(ReversedAutoencoder, model)
     mu, _, emb_x = ra.encoder(batch)
     x_hat = ra.decoder(mu)
+    if cfg.anomaly_map == "residual":
+        return x_hat, jnp.abs(batch - x_hat)[..., 0]
     _, _, emb_hat = ra.encoder(x_hat)
     size = (batch.shape[1], batch.shape[2])
     saliency = encoder_saliency(emb_x, emb_hat, size, cfg.saliency_sigma)

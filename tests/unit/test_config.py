@@ -39,6 +39,7 @@ def test_overrides_apply_in_order_and_coerce_types():
         ("data.source=archive", "needs data.path"),
         ("data.split=[0.5,0.5]", "data.split"),
         ("eval.score=top3", "eval.score: unknown score 'top3'"),
+        ("model.ra.anomaly_map=lpips", "model.ra.anomaly_map: unknown map 'lpips'"),
         ("eval.threshold=accuracy", "eval.threshold: unknown rule 'accuracy'"),
         ("eval.target_specificity=1", "eval.target_specificity: must be in (0, 1)"),
     ],

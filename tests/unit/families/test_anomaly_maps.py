@@ -6,7 +6,7 @@ from flax import nnx
 
 from imgae_dx_jax.config import load_config
 from imgae_dx_jax.families import anomaly_maps, create_model
-from imgae_dx_jax.families.losses import gaussian_blur
+from imgae_dx_jax.families.losses import eval_view, gaussian_blur
 from imgae_dx_jax.families.ra import encoder_saliency
 
 SIZE = 16
@@ -59,3 +59,21 @@ def test_gaussian_blur_matches_scipy():
     expected = ndimage.gaussian_filter(np.asarray(maps), sigma=(0, 2.0, 2.0), mode="reflect")
     np.testing.assert_allclose(gaussian_blur(maps, 2.0), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(gaussian_blur(maps, 0.0), maps)
+
+
+def test_the_ra_map_is_the_residual_with_or_without_the_encoder_saliency():
+    overrides = ["model.name=ra", f"data.image_size={SIZE}", *SMALL["ra"]]
+    saliency_cfg = load_config(overrides=overrides)
+    residual_cfg = load_config(overrides=[*overrides, "model.ra.anomaly_map=residual"])
+    model = create_model(saliency_cfg.model, SIZE, rngs=nnx.Rngs(0))
+    batch = jax.random.uniform(jax.random.key(0), (3, SIZE, SIZE, 1))
+    x_hat, residual = anomaly_maps(model, batch, residual_cfg.model)
+    np.testing.assert_allclose(residual, jnp.abs(batch - x_hat)[..., 0], rtol=1e-6)
+    same_x_hat, weighted = anomaly_maps(model, batch, saliency_cfg.model)
+    np.testing.assert_allclose(same_x_hat, x_hat, rtol=1e-6)
+    view = eval_view(model)
+    _, _, emb_x = view.encoder(batch)
+    _, _, emb_hat = view.encoder(x_hat)
+    saliency = encoder_saliency(emb_x, emb_hat, (SIZE, SIZE), saliency_cfg.model.ra.saliency_sigma)
+    np.testing.assert_allclose(weighted, residual * saliency, rtol=1e-4, atol=1e-7)
+    assert not np.allclose(weighted, residual)
