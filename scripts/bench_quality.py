@@ -52,6 +52,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "unet": ("unet", []),
     "ra": ("ra", []),
     "ra-residual": ("ra", ["model.ra.anomaly_map=residual"]),
+    # Ten times the paper's learning rate, as the U-Net's and AE's 1e-3 for CPU-sized budgets.
+    "ra-lr5e-4": ("ra", ["model.ra.learning_rate=5e-4"]),
     "ae": ("ae", []),
     # The authors' training recipe (Kascenas et al.): AMSGrad with L2 1e-5, cosine decay over
     # the step budget (the default schedule), the coarse noise randomly rolled.
