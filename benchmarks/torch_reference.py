@@ -27,11 +27,12 @@ updates). Learning rates are constant here (the Flax runs decay them with a cosi
 the authors step theirs down once at epoch 100; neither costs anything measurable).
 
 Evaluation throughput is that of each model's anomaly map in eval mode: the residual
-``|x - x_hat|`` for the U-Net and the AE, and for the RA the residual of ``D(mu(x))`` times
-the saliency of :func:`imgae_dx_jax.families.ra.encoder_saliency` (per-scale ``1 - cosine
-similarity`` of the encoder embeddings of ``x`` and ``x_hat``, bilinearly upsampled, averaged,
-clipped at 0, Gaussian-smoothed with sigma 2), which stands in for the paper's LPIPS
-saliency and CLAHE (see :mod:`imgae_dx_jax.families.ra`).
+``|x - x_hat|`` for the U-Net and the AE, and for the RA the residual of ``D(mu(x))`` (the
+default map), or with ``RA_MAP = "saliency"`` that residual times the saliency of
+:func:`imgae_dx_jax.families.ra.encoder_saliency` (per-scale ``1 - cosine similarity`` of the
+encoder embeddings of ``x`` and ``x_hat``, bilinearly upsampled, averaged, clipped at 0,
+Gaussian-smoothed with sigma 2), which stands in for the paper's LPIPS saliency and CLAHE
+(see :mod:`imgae_dx_jax.families.ra`).
 
 Torch is not a dependency of the package. Run this file with a Python that has it, either
 once (``--model unet --size 64``, prints one JSON line) or as a server (``--serve``) that
@@ -67,6 +68,7 @@ RA_BETA_NEG = 128.0
 RA_GAMMA_R = 1e-8
 RA_EMBEDDING_WEIGHT = 0.005
 RA_SALIENCY_SIGMA = 2.0
+RA_MAP = "residual"  # model.ra.anomaly_map: residual | saliency
 LEARNING_RATES = {"unet": 1e-3, "ae": 1e-3, "ra": 5e-5}
 
 
@@ -377,13 +379,16 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 def anomaly_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's anomaly map of ``x`` [B, 1, H, W] (as ``imgae_dx_jax.families``): [B, 1, H, W].
 
-    The residual ``|x - x_hat|``; for the RA, that of ``D(mu(x))`` times the encoder saliency
-    of :func:`imgae_dx_jax.families.ra.encoder_saliency`.
+    The residual ``|x - x_hat|``; for the RA, that of ``D(mu(x))``, times the encoder
+    saliency of :func:`imgae_dx_jax.families.ra.encoder_saliency` if :data:`RA_MAP` is
+    ``saliency``.
     """
     if not isinstance(model, RA):
         return (x - model(x)).abs()
     mu, _, emb_x = model.encoder(x)
     x_hat = model.decoder(mu)
+    if RA_MAP == "residual":
+        return (x - x_hat).abs()
     _, _, emb_hat = model.encoder(x_hat)
     maps = [
         F.interpolate(

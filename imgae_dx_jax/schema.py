@@ -27,9 +27,10 @@ SCORES = ("mean", "top25", "top10", "top5", "top1")
 """Candidate image scores (:mod:`imgae_dx_jax.inference`), simplest first: ``mean`` of the
 anomaly map, ``top<k>`` the mean of its top k% pixels after a 5x5 median filter."""
 THRESHOLD_RULES = ("specificity", "youden", "f1")
-RA_MAPS = ("saliency", "residual")
-"""Anomaly maps of the RA (``model.ra.anomaly_map``): the residual times the encoder saliency
-(the paper's form, with the encoder standing in for LPIPS), or the plain residual."""
+RA_MAPS = ("residual", "saliency")
+"""Anomaly maps of the RA (``model.ra.anomaly_map``): the plain residual (the default, chosen
+on validation patients), or the residual times the encoder saliency (the paper's form, with the
+encoder standing in for LPIPS)."""
 ENSEMBLE_MAPS = ("variance", "mean")
 """Anomaly maps of an AE ensemble (``model.ae.ensemble`` > 1): the per-pixel variance of the
 members' mean images, or the average of the members' own maps."""
@@ -127,8 +128,8 @@ class RAConfig:
     saliency_sigma: float
     """Gaussian smoothing (pixels) of the encoder-discrepancy saliency map."""
     anomaly_map: str
-    """One of :data:`RA_MAPS`: ``saliency`` (``|x - x_hat|`` times the encoder saliency) or
-    ``residual`` (``|x - x_hat|``)."""
+    """One of :data:`RA_MAPS`: ``residual`` (``|x - x_hat|``) or ``saliency`` (``|x - x_hat|``
+    times the encoder saliency)."""
     learning_rate: float
     """Learning rate of both the encoder and the decoder optimiser."""
 

@@ -51,7 +51,8 @@ DATASETS: dict[str, list[str]] = {
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "unet": ("unet", []),
     "ra": ("ra", []),
-    "ra-residual": ("ra", ["model.ra.anomaly_map=residual"]),
+    # The paper's form of the map: the residual times a saliency (here the encoder's).
+    "ra-saliency": ("ra", ["model.ra.anomaly_map=saliency"]),
     # Ten times the paper's learning rate, as the U-Net's and AE's 1e-3 for CPU-sized budgets.
     "ra-lr5e-4": ("ra", ["model.ra.learning_rate=5e-4"]),
     "ae": ("ae", []),

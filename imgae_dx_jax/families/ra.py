@@ -4,12 +4,13 @@ Soft-IntroVAE training with an added multi-scale embedding loss, with separate e
 decoder optimisers. The loss pieces are the small pure functions :func:`kl_divergence`,
 :func:`reconstruction_error`, :func:`exp_elbo` and :func:`embedding_loss`.
 
-Anomaly map: the residual ``|x - x_hat|`` with ``x_hat = D(mu(x))``, multiplied by a
-saliency map. Deviation from the paper: there the map is ``|CLAHE(x_hat) - CLAHE(x)|`` times
-a Gaussian-smoothed LPIPS saliency. Pretrained LPIPS weights cannot ship offline and no CLAHE
-is applied here; instead the saliency is the RA encoder's own multi-scale discrepancy between
-``x`` and ``x_hat`` (:func:`encoder_saliency`), smoothed with a Gaussian of
-``model.ra.saliency_sigma`` pixels. ``model.ra.anomaly_map=residual`` drops the saliency.
+Anomaly map: the residual ``|x - x_hat|`` with ``x_hat = D(mu(x))`` (``model.ra.anomaly_map:
+residual``, the default, chosen on validation patients), or the residual multiplied by a
+saliency map (``saliency``). Deviation from the paper: there the map is
+``|CLAHE(x_hat) - CLAHE(x)|`` times a Gaussian-smoothed LPIPS saliency. Pretrained LPIPS
+weights cannot ship offline and no CLAHE is applied here; the ``saliency`` map uses the RA
+encoder's own multi-scale discrepancy between ``x`` and ``x_hat`` (:func:`encoder_saliency`),
+smoothed with a Gaussian of ``model.ra.saliency_sigma`` pixels.
 """
 
 from __future__ import annotations
@@ -261,9 +262,9 @@ def eval_losses(cfg: RAConfig, model: nnx.Module, batch: jax.Array, key: jax.Arr
 
 
 def anomaly_map(cfg: RAConfig, model: nnx.Module, batch: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``|x - D(mu(x))|``, times the encoder saliency of the reconstruction.
+    """``|x - D(mu(x))|``, times the reconstruction's encoder saliency if ``cfg`` asks for it.
 
-    With ``cfg.anomaly_map == "residual"`` the map is the residual alone.
+    ``cfg.anomaly_map``: ``residual`` (the default) or ``saliency``.
     """
     ra = cast(ReversedAutoencoder, model)
     mu, _, emb_x = ra.encoder(batch)

@@ -104,6 +104,7 @@ def test_pytorch_reference_has_the_default_settings_of_each_model():
     )
     assert ref["RA_EMBEDDING_WEIGHT"] == ra.embedding_weight
     assert ref["RA_SALIENCY_SIGMA"] == ra.saliency_sigma
+    assert ref["RA_MAP"] == ra.anomaly_map
 
 
 def test_a_pytorch_reference_with_another_parameter_count_is_refused():

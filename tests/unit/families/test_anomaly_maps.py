@@ -63,7 +63,7 @@ def test_gaussian_blur_matches_scipy():
 
 def test_the_ra_map_is_the_residual_with_or_without_the_encoder_saliency():
     overrides = ["model.name=ra", f"data.image_size={SIZE}", *SMALL["ra"]]
-    saliency_cfg = load_config(overrides=overrides)
+    saliency_cfg = load_config(overrides=[*overrides, "model.ra.anomaly_map=saliency"])
     residual_cfg = load_config(overrides=[*overrides, "model.ra.anomaly_map=residual"])
     model = create_model(saliency_cfg.model, SIZE, rngs=nnx.Rngs(0))
     batch = jax.random.uniform(jax.random.key(0), (3, SIZE, SIZE, 1))
