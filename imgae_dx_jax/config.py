@@ -156,11 +156,13 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
     def fail(key: str, message: str) -> None:
         raise ConfigError(f"{origins.get(key, 'config')}: {key}: {message}")
 
+    def one_of(key: str, value: str, choices: Sequence[str], noun: str) -> None:
+        if value not in choices:
+            fail(key, f"unknown {noun} {value!r}; choose one of {', '.join(choices)}")
+
     d, m, t = config.data, config.model, config.train
-    if m.name not in MODELS:
-        fail("model.name", f"unknown model {m.name!r}; choose one of {', '.join(MODELS)}")
-    if d.source not in SOURCES:
-        fail("data.source", f"unknown source {d.source!r}; choose one of {', '.join(SOURCES)}")
+    one_of("model.name", m.name, MODELS, "model")
+    one_of("data.source", d.source, SOURCES, "source")
     if d.source not in ("sample", "kaggle") and not d.path:
         fail("data.source", f"source {d.source!r} needs data.path (--data) to be set")
     if d.source == "url" and not re.match(r"https?://", d.path):
@@ -171,8 +173,7 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
         re.compile(d.patient_pattern)
     except re.error as err:
         fail("data.patient_pattern", f"not a valid regular expression {d.patient_pattern!r}: {err}")
-    if d.intensity not in INTENSITIES:
-        fail("data.intensity", f"unknown mode {d.intensity!r}; choose {', '.join(INTENSITIES)}")
+    one_of("data.intensity", d.intensity, INTENSITIES, "mode")
     if d.retries < 0:
         fail("data.retries", "must be >= 0")
     if d.timeout <= 0:
@@ -201,27 +202,20 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
             fail(f"model.{family}.widths", "a non-empty list of positive channel counts expected")
         if getattr(m, family).learning_rate <= 0:
             fail(f"model.{family}.learning_rate", "must be > 0")
-    if m.fast_path not in FAST_PATHS:
-        fail("model.fast_path", f"unknown value {m.fast_path!r}; choose {', '.join(FAST_PATHS)}")
-    if m.unet.mode not in UNET_MODES:
-        fail("model.unet.mode", f"unknown mode {m.unet.mode!r}; choose {', '.join(UNET_MODES)}")
+    one_of("model.fast_path", m.fast_path, FAST_PATHS, "value")
+    one_of("model.unet.mode", m.unet.mode, UNET_MODES, "mode")
     for w in m.unet.widths:
         if w % m.unet.groups:
             fail("model.unet.groups", f"{m.unet.groups} groups do not divide {w} channels")
     if not 1 <= m.unet.noise_resolution <= d.image_size:
         fail("model.unet.noise_resolution", f"must be between 1 and the image size {d.image_size}")
-    if m.unet.noise not in UNET_NOISES:
-        fail("model.unet.noise", f"unknown noise {m.unet.noise!r}; choose {', '.join(UNET_NOISES)}")
+    one_of("model.unet.noise", m.unet.noise, UNET_NOISES, "noise")
     if m.ae.latent_dim < 1 or m.ra.zdim < 1:
         fail("model.ae.latent_dim" if m.ae.latent_dim < 1 else "model.ra.zdim", "must be >= 1")
     if m.ae.ensemble < 1:
         fail("model.ae.ensemble", "must be >= 1 (1 = a single autoencoder)")
-    if m.ra.anomaly_map not in RA_MAPS:
-        choices = ", ".join(RA_MAPS)
-        fail("model.ra.anomaly_map", f"unknown map {m.ra.anomaly_map!r}; choose {choices}")
-    if m.ae.ensemble_map not in ENSEMBLE_MAPS:
-        choices = ", ".join(ENSEMBLE_MAPS)
-        fail("model.ae.ensemble_map", f"unknown map {m.ae.ensemble_map!r}; choose {choices}")
+    one_of("model.ra.anomaly_map", m.ra.anomaly_map, RA_MAPS, "map")
+    one_of("model.ae.ensemble_map", m.ae.ensemble_map, ENSEMBLE_MAPS, "map")
     for key, value in (
         ("train.epochs", t.epochs),
         ("train.batch_size", t.batch_size),
@@ -237,20 +231,11 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
         fail(key, "must be >= 0 (0 = off)")
     if t.keep_checkpoints < 1:
         fail("train.keep_checkpoints", "must be >= 1")
-    if t.optimizer not in OPTIMIZERS:
-        fail("train.optimizer", f"unknown value {t.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
+    one_of("train.optimizer", t.optimizer, OPTIMIZERS, "optimizer")
     if t.weight_decay < 0:
         fail("train.weight_decay", "must be >= 0")
-    if t.lr_schedule not in LR_SCHEDULES:
-        fail(
-            "train.lr_schedule",
-            f"unknown schedule {t.lr_schedule!r}; choose {', '.join(LR_SCHEDULES)}",
-        )
-    if t.precision not in PRECISIONS:
-        fail(
-            "train.precision",
-            f"unknown precision {t.precision!r}; choose one of {', '.join(PRECISIONS)}",
-        )
+    one_of("train.lr_schedule", t.lr_schedule, LR_SCHEDULES, "schedule")
+    one_of("train.precision", t.precision, PRECISIONS, "precision")
     if t.compilation_cache not in ("", "none") and Path(t.compilation_cache).expanduser().is_file():
         fail(
             "train.compilation_cache",
@@ -262,22 +247,13 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
             f'{t.local_checkpoint_dir!r} is a file; give a directory, or "" (the default) for none',
         )
     e = config.eval
-    if e.score != "auto" and e.score not in SCORES:
-        fail("eval.score", f"unknown score {e.score!r}; choose auto or one of {', '.join(SCORES)}")
-    if e.threshold not in THRESHOLD_RULES:
-        fail(
-            "eval.threshold",
-            f"unknown rule {e.threshold!r}; choose one of {', '.join(THRESHOLD_RULES)}",
-        )
+    one_of("eval.score", e.score, ("auto", *SCORES), "score")
+    one_of("eval.threshold", e.threshold, THRESHOLD_RULES, "rule")
     if not 0.0 < e.target_specificity < 1.0:
         fail("eval.target_specificity", f"must be in (0, 1), got {e.target_specificity}")
     if not 0.0 <= e.border < 0.5:
         fail("eval.border", f"must be in [0, 0.5), got {e.border}")
-    if config.tracking.wandb not in WANDB_MODES:
-        fail(
-            "tracking.wandb",
-            f"unknown mode {config.tracking.wandb!r}; choose {', '.join(WANDB_MODES)}",
-        )
+    one_of("tracking.wandb", config.tracking.wandb, WANDB_MODES, "mode")
     if not config.tracking.project:
         fail("tracking.project", "a W&B project name is needed")
     if config.tracking.images_every < 0:
