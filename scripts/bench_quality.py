@@ -55,6 +55,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "ra-saliency": ("ra", ["model.ra.anomaly_map=saliency"]),
     # Ten times the paper's learning rate, as the U-Net's and AE's 1e-3 for CPU-sized budgets.
     "ra-lr5e-4": ("ra", ["model.ra.learning_rate=5e-4"]),
+    # Three times the paper's learning rate: between the paper's 5e-5 and the diverging 5e-4.
+    "ra-lr1.5e-4": ("ra", ["model.ra.learning_rate=1.5e-4"]),
     "ae": ("ae", []),
     # The authors' training recipe (Kascenas et al.): AMSGrad with L2 1e-5, cosine decay over
     # the step budget (the default schedule), the coarse noise randomly rolled.
