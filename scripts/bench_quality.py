@@ -57,6 +57,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "ra-lr5e-4": ("ra", ["model.ra.learning_rate=5e-4"]),
     # Three times the paper's learning rate: between the paper's 5e-5 and the diverging 5e-4.
     "ra-lr1.5e-4": ("ra", ["model.ra.learning_rate=1.5e-4"]),
+    # The paper's rate for twice the default budget: is the RA at 5 epochs under-trained?
+    "ra-10ep": ("ra", ["train.epochs=10"]),
     "ae": ("ae", []),
     # The authors' training recipe (Kascenas et al.): AMSGrad with L2 1e-5, cosine decay over
     # the step budget (the default schedule), the coarse noise randomly rolled.
@@ -124,6 +126,7 @@ def run_variant(
     if max_steps is not None:
         command += ["--set", f"train.max_steps={max_steps}"]
     print(f"== {dataset} / {variant} / {size} px", flush=True)
+    load_before = os.getloadavg()[0]
     result = subprocess.run(command, check=False, stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{dataset}/{variant} failed with exit code {result.returncode}")
@@ -142,6 +145,12 @@ def run_variant(
         "steps": steps,
         "train_s": round(worker["train_s"], 1),
         "eval_s": round(worker["eval_s"], 1),
+        # When and how loaded: train times compare only between rows of an idle machine.
+        "measured": {
+            "date": time.strftime("%Y-%m-%d"),
+            "load_before": round(load_before, 2),
+            "load_after": round(os.getloadavg()[0], 2),
+        },
     }
 
 
@@ -207,12 +216,16 @@ def table(data: dict[str, Any]) -> str:
     """The README table (Markdown) of every result in ``data``."""
     lines = [
         "| data set | variant | px | validation AUROC | AUROC (95% CI) | patient-weighted AUROC "
-        "| AUPRC (95% CI) | score | sens / spec | epochs (steps) | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| AUPRC (95% CI) | score | sens / spec | epochs (steps) | train s | measured (load) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["results"]:
         ci, pci = r.get("auroc_ci", [0, 0]), r.get("auprc_ci", [0, 0])
         weighted, val = r.get("auroc_patient_weighted"), r.get("val_auroc")
+        when = r.get("measured")
+        measured = (
+            f"{when['date']} ({when['load_before']:.1f}-{when['load_after']:.1f})" if when else "-"
+        )
         lines.append(
             f"| {r['dataset']} | {r['variant']} | {r['image_size']} "
             f"| {'-' if val is None else f'{val:.3f}'} "
@@ -221,7 +234,7 @@ def table(data: dict[str, Any]) -> str:
             f"| {r['auprc']:.3f} ({pci[0]:.3f}-{pci[1]:.3f}) "
             f"| {r.get('score', 'mean')} "
             f"| {r.get('sensitivity', 0):.2f} / {r.get('specificity', 0):.2f} "
-            f"| {r['epochs']} ({r['steps']}) | {r['train_s']:.0f} |"
+            f"| {r['epochs']} ({r['steps']}) | {r['train_s']:.0f} | {measured} |"
         )
     return "\n".join(lines)
 
@@ -230,11 +243,8 @@ def write_readme(readme: Path, data: dict[str, Any]) -> None:
     """Replace the text between the quality-table markers of ``readme``."""
     text = readme.read_text()
     start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
-    load = data["machine"]["load_before"], data["machine"]["load_after"]
-    note = (
-        f"\n\nMachine: {data['machine']['cpus']} CPUs, {data['machine']['platform']}; load "
-        f"average {load[0]:.1f} before, {load[1]:.1f} after the last run.\n\n"
-    )
+    machine = data["machine"]
+    note = f"\n\nMachine of the last run: {machine['cpus']} CPUs, {machine['platform']}.\n\n"
     readme.write_text(text[:start] + note + table(data) + "\n" + text[end:])
 
 
@@ -255,7 +265,6 @@ def main() -> None:
     args = parser.parse_args()
     if "pediatric" in args.datasets and not PEDIATRIC.is_file():
         raise SystemExit(f"{PEDIATRIC} is missing: the pediatric set ships with a git checkout")
-    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.keep or Path(tmp)
         for dataset in args.datasets:
@@ -266,9 +275,6 @@ def main() -> None:
                     "cpus": os.cpu_count(),
                     "platform": platform.platform(),
                     "python": platform.python_version(),
-                    "load_before": load_before,
-                    "load_after": os.getloadavg()[0],
-                    "date": time.strftime("%Y-%m-%d"),
                 }
                 # Written after every variant, so that an interrupted run keeps what it measured.
                 data = merge(args.out, [row], machine)

@@ -81,6 +81,11 @@ def test_quality_table_shows_the_validation_auroc_used_to_choose():
     }
     line = quality.table({"results": [row]}).splitlines()[-1]
     assert line.startswith("| pediatric | ae | 64 | 0.975 | 0.960 (0.944-0.973) |")
+    assert line.endswith("| 88 | - |")  # a row from before the load was recorded
+    row["measured"] = {"date": "2026-12-03", "load_before": 0.07, "load_after": 1.29}
+    header, rule, line = quality.table({"results": [row]}).splitlines()
+    assert line.endswith("| 88 | 2026-12-03 (0.1-1.3) |")
+    assert header.count("|") == rule.count("|") == line.count("|")
     metrics = {"auroc": 0.96, "score": "top10", "score_val_auroc": {"mean": 0.9, "top10": 0.97}}
     assert quality.summarise(metrics)["val_auroc"] == 0.97
 
