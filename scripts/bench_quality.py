@@ -74,6 +74,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "unet-no-border": ("unet", ["eval.border=0"]),
     "unet-patch": ("unet", ["model.unet.noise=both"]),
     "unet-no-intensity": ("unet", ["data.intensity=none"]),
+    # Kascenas et al. draw the coarse noise on 16x16 for 128 px images: 8x8 is that scale at 64 px.
+    "unet-noise8": ("unet", ["model.unet.noise_resolution=8"]),
+    # Twice the coarse noise's amplitude: the anomalies it teaches to remove are stronger.
+    "unet-std0.4": ("unet", ["model.unet.noise_std=0.4"]),
     # The plain AE (MSE, map = residual): the baseline of Mao et al. and of the targets.
     "ae-mse": ("ae", ["model.ae.uncertainty=false"]),
     "ae-constant-lr": ("ae", ["train.lr_schedule=constant"]),
