@@ -102,6 +102,9 @@ class UNetConfig:
     noise: str
     """Denoising corruption: ``coarse`` (coarse noise), ``patch`` (foreign patch
     interpolation: a rectangle of another image of the batch blended in) or ``both``."""
+    uncertainty: bool
+    """Decode a per-pixel log-variance too, train with the Gaussian NLL against the clean
+    image and map ``(x - mu)^2 / exp(logvar)`` (the AE's uncertainty head, Mao et al.)."""
     learning_rate: float
     """Learning rate (optimiser: ``train.optimizer``)."""
 

@@ -26,6 +26,7 @@ from flax import nnx
 
 from imgae_dx_jax.families.base import LOW_MEMORY_CPU, Family, MakeTransform, Metrics, Optimizers
 from imgae_dx_jax.families.losses import (
+    error_over_variance,
     eval_view,
     gaussian_nll,
     loss_step,
@@ -107,7 +108,7 @@ def _member_map(
 ) -> tuple[jax.Array, jax.Array]:
     if cfg.uncertainty:
         mean, logvar = member.mean_and_logvar(batch)
-        return mean, (jnp.square(batch - mean) * jnp.exp(-logvar))[..., 0]
+        return mean, error_over_variance(batch, mean, logvar)
     return residual_map(member, batch)
 
 

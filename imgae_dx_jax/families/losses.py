@@ -38,6 +38,11 @@ def gaussian_nll(x: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
     return jnp.mean(0.5 * (jnp.exp(-logvar) * jnp.square(x - mean) + logvar))
 
 
+def error_over_variance(x: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """The uncertainty head's map ``(x - mean)^2 / exp(logvar)``: [B, H, W, 1] -> [B, H, W]."""
+    return (jnp.square(x - mean) * jnp.exp(-logvar))[..., 0]
+
+
 def loss_step(
     model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable[[nnx.Module], jax.Array]
 ) -> Metrics:
@@ -46,13 +51,6 @@ def loss_step(
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads)
     return {"loss": loss}
-
-
-def reconstruction_step(
-    model: nnx.Module, optimizer: nnx.Optimizer, inputs: jax.Array, target: jax.Array
-) -> Metrics:
-    """One optimiser step on ``MSE(model(inputs), target)``."""
-    return loss_step(model, optimizer, lambda m: mse(m(inputs), target))
 
 
 def residual_map(model: nnx.Module, batch: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -4,12 +4,15 @@ Kascenas et al., MIDL 2022 (:func:`coarse_noise`, optionally rolled as the autho
 ``model.unet.noise`` ``patch`` or ``both`` the corruption is (or includes) foreign patch
 interpolation (:func:`foreign_patch`), an anatomy-aware synthetic anomaly. In
 ``reconstruction`` mode it is trained on plain reconstruction instead. MSE against the clean
-image. Anomaly map: the residual ``|x - x_hat|`` of the clean input's reconstruction.
+image; anomaly map: the residual ``|x - x_hat|`` of the clean input's reconstruction. With
+``model.unet.uncertainty`` (an option beyond the paper: the AE's uncertainty head, Mao et al.,
+MICCAI 2020) the U-Net also predicts a per-pixel log-variance, is trained on the Gaussian
+negative log-likelihood of the clean image, and maps ``(x - mu)^2 / exp(logvar)``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +20,11 @@ from flax import nnx
 
 from imgae_dx_jax.families.base import LOW_MEMORY_CPU, Family, MakeTransform, Metrics, Optimizers
 from imgae_dx_jax.families.losses import (
+    error_over_variance,
     eval_view,
+    gaussian_nll,
+    loss_step,
     mse,
-    reconstruction_step,
     residual_map,
     single_optimizer,
 )
@@ -91,7 +96,9 @@ def _inputs(cfg: UNetConfig, batch: jax.Array, key: jax.Array) -> jax.Array:
 def build(cfg: UNetConfig, image_size: int, fast: bool, dtype: Any, rngs: nnx.Rngs) -> UNet:
     """The U-Net of ``cfg`` (fully convolutional: ``image_size`` is not needed)."""
     del image_size
-    return UNet(cfg.widths, cfg.groups, fast=fast, dtype=dtype, rngs=rngs)
+    return UNet(
+        cfg.widths, cfg.groups, uncertainty=cfg.uncertainty, fast=fast, dtype=dtype, rngs=rngs
+    )
 
 
 def optimizers(cfg: UNetConfig, model: nnx.Module, make_transform: MakeTransform) -> Optimizers:
@@ -99,23 +106,39 @@ def optimizers(cfg: UNetConfig, model: nnx.Module, make_transform: MakeTransform
     return single_optimizer(model, make_transform(cfg.learning_rate))
 
 
+def _loss(cfg: UNetConfig, model: nnx.Module, inputs: jax.Array, target: jax.Array) -> jax.Array:
+    if cfg.uncertainty:
+        mean, logvar = cast(UNet, model).mean_and_logvar(inputs)
+        return gaussian_nll(target, mean, logvar)
+    return mse(model(inputs), target)
+
+
 def train_step(
     cfg: UNetConfig, model: nnx.Module, optimizers: Optimizers, batch: jax.Array, key: jax.Array
 ) -> Metrics:
-    """Denoising (or plain reconstruction) MSE step; the clean image is the target."""
-    return reconstruction_step(model, optimizers["model"], _inputs(cfg, batch, key), batch)
+    """Denoising (or plain reconstruction) step; the clean image is the target.
+
+    The loss is the MSE, or with uncertainty the Gaussian NLL.
+    """
+    inputs = _inputs(cfg, batch, key)
+    return loss_step(model, optimizers["model"], lambda m: _loss(cfg, m, inputs, batch))
 
 
 def eval_losses(cfg: UNetConfig, model: nnx.Module, batch: jax.Array, key: jax.Array) -> Metrics:
-    """``loss``: MSE of the training objective, with the corruption drawn from ``key``."""
-    return {"loss": mse(eval_view(model)(_inputs(cfg, batch, key)), batch)}
+    """``loss``: the training loss (MSE or NLL) with the corruption drawn from ``key``."""
+    return {"loss": _loss(cfg, eval_view(model), _inputs(cfg, batch, key), batch)}
 
 
 def anomaly_map(
     cfg: UNetConfig, model: nnx.Module, batch: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """The residual ``|x - x_hat|`` of the clean input's reconstruction."""
-    del cfg
+    """The residual ``|x - x_hat|`` of the clean input's reconstruction.
+
+    With uncertainty: ``(x - mu)^2 / exp(logvar)``.
+    """
+    if cfg.uncertainty:
+        mean, logvar = cast(UNet, model).mean_and_logvar(batch)
+        return mean, error_over_variance(batch, mean, logvar)
     return residual_map(model, batch)
 
 

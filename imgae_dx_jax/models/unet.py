@@ -3,7 +3,9 @@
 Skip connections let a plain reconstruction U-Net copy its input, anomalies included, so the
 default training mode adds low-frequency Gaussian noise to the input and asks for the clean
 image back (see :func:`imgae_dx_jax.families.unet.coarse_noise`). The architecture matches the
-classic PyTorch U-Net: with widths ``(32, 64, 128, 256)`` it has 1,927,841 parameters.
+classic PyTorch U-Net: with widths ``(32, 64, 128, 256)`` it has 1,927,841 parameters. With
+``uncertainty`` the output convolution has a second channel, a per-pixel log-variance (no
+activation), for a Gaussian likelihood (as the AE's head, Mao et al., MICCAI 2020).
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class UNet(nnx.Module):
     A 1x1 convolution and a sigmoid give the one-channel reconstruction in [0, 1].
     ``fast`` selects the CPU fast path of :mod:`imgae_dx_jax.models.layers` (same function,
     same parameters); ``dtype`` is the computation dtype of the convolutions (parameters and
-    the returned reconstruction stay float32).
+    the returned reconstruction stay float32). ``uncertainty`` adds the log-variance output
+    channel of :meth:`mean_and_logvar`; calling the model returns the mean image either way.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class UNet(nnx.Module):
         widths: Sequence[int],
         groups: int,
         *,
+        uncertainty: bool = False,
         fast: bool = False,
         dtype: Any = None,
         rngs: nnx.Rngs,
@@ -103,10 +107,11 @@ class UNet(nnx.Module):
         self.up_conv = nnx.List(
             [DoubleConv(2 * c, c, groups, fast=fast, dtype=dtype, rngs=rngs) for c in skips]
         )
-        self.head = Conv(widths[0], 1, (1, 1), fast=fast, dtype=dtype, rngs=rngs)
+        self.uncertainty = uncertainty
+        outputs = 2 if uncertainty else 1
+        self.head = Conv(widths[0], outputs, (1, 1), fast=fast, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Reconstruct ``x`` ([B, H, W, 1] in [0, 1]); returns [B, H, W, 1] in [0, 1]."""
+    def _outputs(self, x: jax.Array) -> jax.Array:
         x = to_compute_dtype(x, self.dtype)
         skips = []
         for i, block in enumerate(self.down):
@@ -117,4 +122,19 @@ class UNet(nnx.Module):
         x = skips.pop()
         for up, conv in zip(self.up, self.up_conv, strict=True):
             x = conv(jnp.concatenate([up(x), skips.pop()], axis=-1))
-        return jax.nn.sigmoid(at_least_float32(self.head(x)))
+        return at_least_float32(self.head(x))
+
+    def mean_and_logvar(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The mean image in [0, 1] and per-pixel log-variance of ``x``: both [B, H, W, 1].
+
+        Raises:
+            ValueError: when the model was built without ``uncertainty``.
+        """
+        if not self.uncertainty:
+            raise ValueError("mean_and_logvar needs a UNet built with uncertainty=True")
+        out = self._outputs(x)
+        return jax.nn.sigmoid(out[..., :1]), out[..., 1:]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Reconstruct ``x`` ([B, H, W, 1] in [0, 1]); returns [B, H, W, 1] in [0, 1]."""
+        return jax.nn.sigmoid(self._outputs(x)[..., :1])

@@ -1,5 +1,5 @@
 """The optimiser options, the U-Net's rolled and patch corruptions, RA as its authors compute
-it, and the AE's uncertainty head."""
+it, and the uncertainty head of the AE and the U-Net."""
 
 import dataclasses
 import math
@@ -271,7 +271,7 @@ def test_ra_encoder_loss_keeps_the_gradient_of_the_exp_elbo_target():
     )
 
 
-# --------------------------------------------------------------------------- AE uncertainty
+# --------------------------------------------------------------------------- uncertainty head
 
 
 def test_gaussian_nll_matches_the_formula():
@@ -280,8 +280,9 @@ def test_gaussian_nll_matches_the_formula():
     np.testing.assert_allclose(gaussian_nll(x, mu, logvar), expected, rtol=1e-6)
 
 
-def test_uncertainty_ae_trains_on_the_nll_and_maps_error_over_variance():
-    cfg = config("ae", "model.ae.uncertainty=true")
+@pytest.mark.parametrize("name", ["ae", "unet"])
+def test_uncertainty_head_trains_on_the_nll_and_maps_error_over_variance(name):
+    cfg = config(name, f"model.{name}.uncertainty=true")
     model = create_model(cfg.model, SIZE, rngs=nnx.Rngs(0))
     objective = get_objective(cfg.model, cfg.train, total_steps=1)
     optimizers = objective.create_optimizers(model)
@@ -298,7 +299,7 @@ def test_uncertainty_ae_trains_on_the_nll_and_maps_error_over_variance():
         amap, ((batch - mean) ** 2 / jnp.exp(logvar))[..., 0], rtol=1e-5, atol=1e-7
     )
     # Without the option the model has one output channel and no variance.
-    plain_cfg = config("ae", "model.ae.uncertainty=false")
+    plain_cfg = config(name, f"model.{name}.uncertainty=false")
     plain = create_model(plain_cfg.model, SIZE, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="uncertainty"):
         plain.mean_and_logvar(batch)
