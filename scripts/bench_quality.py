@@ -57,6 +57,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "ra-lr5e-4": ("ra", ["model.ra.learning_rate=5e-4"]),
     # Three times the paper's learning rate: between the paper's 5e-5 and the diverging 5e-4.
     "ra-lr1.5e-4": ("ra", ["model.ra.learning_rate=1.5e-4"]),
+    # Half the paper's rate: faster rates and longer budgets both degrade the RA.
+    "ra-lr2.5e-5": ("ra", ["model.ra.learning_rate=2.5e-5"]),
     # The paper's rate for twice the default budget: is the RA at 5 epochs under-trained?
     "ra-10ep": ("ra", ["train.epochs=10"]),
     "ae": ("ae", []),
@@ -78,6 +80,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "unet-noise8": ("unet", ["model.unet.noise_resolution=8"]),
     # Twice the coarse noise's amplitude: the anomalies it teaches to remove are stronger.
     "unet-std0.4": ("unet", ["model.unet.noise_std=0.4"]),
+    # The AE's uncertainty head on the U-Net: NLL of the clean image, map = error / variance.
+    "unet-uncertainty": ("unet", ["model.unet.uncertainty=true"]),
     # The plain AE (MSE, map = residual): the baseline of Mao et al. and of the targets.
     "ae-mse": ("ae", ["model.ae.uncertainty=false"]),
     "ae-constant-lr": ("ae", ["train.lr_schedule=constant"]),

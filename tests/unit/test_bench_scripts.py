@@ -2,6 +2,7 @@
 
 import ast
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -88,6 +89,30 @@ def test_quality_table_shows_the_validation_auroc_used_to_choose():
     assert header.count("|") == rule.count("|") == line.count("|")
     metrics = {"auroc": 0.96, "score": "top10", "score_val_auroc": {"mean": 0.9, "top10": 0.97}}
     assert quality.summarise(metrics)["val_auroc"] == 0.97
+
+
+def test_every_quality_command_in_the_docs_names_known_variants_and_data_sets():
+    """A ``bench-quality`` command in the README or docs runs: its variants and data sets exist
+    (argparse would reject an unknown one)."""
+    quality = load("bench_quality")
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    # A command may wrap over lines in prose; it ends at a backtick, a comment or the next one.
+    commands = [
+        re.split(r"[`#]|hatch run|python ", segment)[0]
+        for page in pages
+        for segment in page.read_text().replace("\n", " ").split("bench-quality ")[1:]
+    ]
+    assert len(commands) > 10
+    for command in commands:
+        words = command.split()
+        for flag, known in (("--variants", quality.VARIANTS), ("--datasets", quality.DATASETS)):
+            if flag in words:
+                names = []
+                for word in words[words.index(flag) + 1 :]:
+                    if word.startswith("--"):
+                        break
+                    names.append(word)
+                assert names and set(names) <= set(known), command
 
 
 def test_every_model_family_is_timed_against_its_pytorch_reference():
