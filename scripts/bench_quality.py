@@ -97,6 +97,16 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 """Variant name -> (model family, ``--set`` overrides over the defaults)."""
 
 DEFAULT_VARIANTS = ("unet", "ra", "ae")
+SEEDS = (1, 2)
+"""Other training seeds of each default model (initialisation, batch order, noise; the split
+stays): ``<model>-seed<N>`` rows show the seed-to-seed spread that one row hides."""
+VARIANTS.update(
+    {
+        f"{family}-seed{seed}": (family, [f"train.seed={seed}"])
+        for family in DEFAULT_VARIANTS
+        for seed in SEEDS
+    }
+)
 TABLE_START, TABLE_END = "<!-- quality-table -->", "<!-- /quality-table -->"
 
 
