@@ -26,12 +26,10 @@ from flax import nnx
 
 from imgae_dx_jax.families.base import LOW_MEMORY_CPU, Family, MakeTransform, Metrics, Optimizers
 from imgae_dx_jax.families.losses import (
-    error_over_variance,
     eval_view,
-    gaussian_nll,
     loss_step,
-    mse,
-    residual_map,
+    reconstruction_loss,
+    reconstruction_map,
     single_optimizer,
 )
 from imgae_dx_jax.models.autoencoder import Autoencoder, AutoencoderEnsemble
@@ -66,15 +64,9 @@ def members(model: nnx.Module) -> list[Autoencoder]:
     return [cast(Autoencoder, model)]
 
 
-def _member_loss(cfg: AEConfig, member: Autoencoder, batch: jax.Array) -> jax.Array:
-    if cfg.uncertainty:
-        mean, logvar = member.mean_and_logvar(batch)
-        return gaussian_nll(batch, mean, logvar)
-    return mse(member(batch), batch)
-
-
 def _summed_loss(cfg: AEConfig, model: nnx.Module, batch: jax.Array) -> jax.Array:
-    return jnp.sum(jnp.stack([_member_loss(cfg, m, batch) for m in members(model)]))
+    losses = [reconstruction_loss(m, batch, batch, cfg.uncertainty) for m in members(model)]
+    return jnp.sum(jnp.stack(losses))
 
 
 def optimizers(cfg: AEConfig, model: nnx.Module, make_transform: MakeTransform) -> Optimizers:
@@ -103,15 +95,6 @@ def eval_losses(cfg: AEConfig, model: nnx.Module, batch: jax.Array, key: jax.Arr
     return {"loss": _summed_loss(cfg, eval_view(model), batch) / cfg.ensemble}
 
 
-def _member_map(
-    cfg: AEConfig, member: Autoencoder, batch: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    if cfg.uncertainty:
-        mean, logvar = member.mean_and_logvar(batch)
-        return mean, error_over_variance(batch, mean, logvar)
-    return residual_map(member, batch)
-
-
 def anomaly_map(cfg: AEConfig, model: nnx.Module, batch: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The residual ``|x - x_hat|``, or with uncertainty ``(x - mu)^2 / exp(logvar)``.
 
@@ -119,7 +102,7 @@ def anomaly_map(cfg: AEConfig, model: nnx.Module, batch: jax.Array) -> tuple[jax
     variance of the members' mean images (``variance``) or the average of their maps
     (``mean``).
     """
-    outputs = [_member_map(cfg, m, batch) for m in members(model)]
+    outputs = [reconstruction_map(m, batch, cfg.uncertainty) for m in members(model)]
     if len(outputs) == 1:
         return outputs[0]
     means = jnp.stack([mean for mean, _ in outputs])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,47 @@ def error_over_variance(x: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax
     return (jnp.square(x - mean) * jnp.exp(-logvar))[..., 0]
 
 
+class Reconstructor(Protocol):
+    """A model that reconstructs an image (the AE and the U-Net).
+
+    Built with an uncertainty head, it also predicts a per-pixel log-variance.
+    """
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """The reconstruction (mean image) of ``x``."""
+        ...
+
+    def mean_and_logvar(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The mean image and per-pixel log-variance of ``x``."""
+        ...
+
+
+def reconstruction_loss(
+    model: Reconstructor, inputs: jax.Array, target: jax.Array, uncertainty: bool
+) -> jax.Array:
+    """MSE of ``model(inputs)`` against ``target``, or with ``uncertainty`` a Gaussian NLL.
+
+    The NLL is that of ``target`` under ``model.mean_and_logvar(inputs)``.
+    """
+    if uncertainty:
+        return gaussian_nll(target, *model.mean_and_logvar(inputs))
+    return mse(model(inputs), target)
+
+
+def reconstruction_map(
+    model: Reconstructor, batch: jax.Array, uncertainty: bool
+) -> tuple[jax.Array, jax.Array]:
+    """``(x_hat, map)`` of the clean input: [B, H, W, 1], [B, H, W].
+
+    The map is the residual ``|x - x_hat|``, or with ``uncertainty``
+    ``(x - mu)^2 / exp(logvar)`` (and ``x_hat = mu``).
+    """
+    if uncertainty:
+        mean, logvar = model.mean_and_logvar(batch)
+        return mean, error_over_variance(batch, mean, logvar)
+    return residual_map(model, batch)
+
+
 def loss_step(
     model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable[[nnx.Module], jax.Array]
 ) -> Metrics:
@@ -53,7 +95,9 @@ def loss_step(
     return {"loss": loss}
 
 
-def residual_map(model: nnx.Module, batch: jax.Array) -> tuple[jax.Array, jax.Array]:
+def residual_map(
+    model: Callable[[jax.Array], jax.Array], batch: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """``(x_hat, |x - x_hat|)`` of the clean input's reconstruction: [B, H, W, 1], [B, H, W]."""
     x_hat = model(batch)
     return x_hat, jnp.abs(batch - x_hat)[..., 0]

@@ -20,12 +20,10 @@ from flax import nnx
 
 from imgae_dx_jax.families.base import LOW_MEMORY_CPU, Family, MakeTransform, Metrics, Optimizers
 from imgae_dx_jax.families.losses import (
-    error_over_variance,
     eval_view,
-    gaussian_nll,
     loss_step,
-    mse,
-    residual_map,
+    reconstruction_loss,
+    reconstruction_map,
     single_optimizer,
 )
 from imgae_dx_jax.models.unet import UNet
@@ -106,13 +104,6 @@ def optimizers(cfg: UNetConfig, model: nnx.Module, make_transform: MakeTransform
     return single_optimizer(model, make_transform(cfg.learning_rate))
 
 
-def _loss(cfg: UNetConfig, model: nnx.Module, inputs: jax.Array, target: jax.Array) -> jax.Array:
-    if cfg.uncertainty:
-        mean, logvar = cast(UNet, model).mean_and_logvar(inputs)
-        return gaussian_nll(target, mean, logvar)
-    return mse(model(inputs), target)
-
-
 def train_step(
     cfg: UNetConfig, model: nnx.Module, optimizers: Optimizers, batch: jax.Array, key: jax.Array
 ) -> Metrics:
@@ -121,12 +112,19 @@ def train_step(
     The loss is the MSE, or with uncertainty the Gaussian NLL.
     """
     inputs = _inputs(cfg, batch, key)
-    return loss_step(model, optimizers["model"], lambda m: _loss(cfg, m, inputs, batch))
+    return loss_step(
+        model,
+        optimizers["model"],
+        lambda m: reconstruction_loss(cast(UNet, m), inputs, batch, cfg.uncertainty),
+    )
 
 
 def eval_losses(cfg: UNetConfig, model: nnx.Module, batch: jax.Array, key: jax.Array) -> Metrics:
     """``loss``: the training loss (MSE or NLL) with the corruption drawn from ``key``."""
-    return {"loss": _loss(cfg, eval_view(model), _inputs(cfg, batch, key), batch)}
+    inputs = _inputs(cfg, batch, key)
+    return {
+        "loss": reconstruction_loss(cast(UNet, eval_view(model)), inputs, batch, cfg.uncertainty)
+    }
 
 
 def anomaly_map(
@@ -136,10 +134,7 @@ def anomaly_map(
 
     With uncertainty: ``(x - mu)^2 / exp(logvar)``.
     """
-    if cfg.uncertainty:
-        mean, logvar = cast(UNet, model).mean_and_logvar(batch)
-        return mean, error_over_variance(batch, mean, logvar)
-    return residual_map(model, batch)
+    return reconstruction_map(cast(UNet, model), batch, cfg.uncertainty)
 
 
 FAMILY = Family(

@@ -2,6 +2,7 @@
 
 import ast
 import importlib.util
+import itertools
 import re
 import sys
 from pathlib import Path
@@ -107,11 +108,8 @@ def test_every_quality_command_in_the_docs_names_known_variants_and_data_sets():
         words = command.split()
         for flag, known in (("--variants", quality.VARIANTS), ("--datasets", quality.DATASETS)):
             if flag in words:
-                names = []
-                for word in words[words.index(flag) + 1 :]:
-                    if word.startswith("--"):
-                        break
-                    names.append(word)
+                after = words[words.index(flag) + 1 :]
+                names = list(itertools.takewhile(lambda word: not word.startswith("--"), after))
                 assert names and set(names) <= set(known), command
 
 
