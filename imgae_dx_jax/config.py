@@ -210,6 +210,11 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
     if not 1 <= m.unet.noise_resolution <= d.image_size:
         fail("model.unet.noise_resolution", f"must be between 1 and the image size {d.image_size}")
     one_of("model.unet.noise", m.unet.noise, UNET_NOISES, "noise")
+    if not 0 <= m.unet.dropped_skips < len(m.unet.widths):
+        fail(
+            "model.unet.dropped_skips",
+            f"must be between 0 and {len(m.unet.widths) - 1} (the U-Net's skip connections)",
+        )
     if m.ae.latent_dim < 1 or m.ra.zdim < 1:
         fail("model.ae.latent_dim" if m.ae.latent_dim < 1 else "model.ra.zdim", "must be >= 1")
     if m.ae.ensemble < 1:

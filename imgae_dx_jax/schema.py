@@ -105,6 +105,10 @@ class UNetConfig:
     uncertainty: bool
     """Decode a per-pixel log-variance too, train with the Gaussian NLL against the clean
     image and map ``(x - mu)^2 / exp(logvar)`` (the AE's uncertainty head, Mao et al.)."""
+    dropped_skips: int
+    """Leave out the skip connections of the finest ``dropped_skips`` resolution levels
+    (0: the classic U-Net; ``len(widths) - 1``: no skip at all, a convolutional AE whose
+    bottleneck is the last level's feature map)."""
     learning_rate: float
     """Learning rate (optimiser: ``train.optimizer``)."""
 

@@ -82,6 +82,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "unet-std0.4": ("unet", ["model.unet.noise_std=0.4"]),
     # The AE's uncertainty head on the U-Net: NLL of the clean image, map = error / variance.
     "unet-uncertainty": ("unet", ["model.unet.uncertainty=true"]),
+    # Twice the default budget (about 580 steps on the pediatric set instead of 290): is the
+    # U-Net's seed-to-seed spread that of an under-trained model?
+    "unet-10ep": ("unet", ["train.epochs=10"]),
+    # Without the skips of the finest 1, 2 or all 3 levels: less of the input can be copied.
+    **{f"unet-drop{n}": ("unet", [f"model.unet.dropped_skips={n}"]) for n in (1, 2, 3)},
     # The plain AE (MSE, map = residual): the baseline of Mao et al. and of the issue's targets.
     "ae-mse": ("ae", ["model.ae.uncertainty=false"]),
     "ae-constant-lr": ("ae", ["train.lr_schedule=constant"]),
@@ -98,12 +103,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 
 DEFAULT_VARIANTS = ("unet", "ra", "ae")
 SEEDS = (1, 2)
-"""Other training seeds of each default model (initialisation, batch order, noise; the split
-stays): ``<model>-seed<N>`` rows show the seed-to-seed spread that one row hides."""
+SEEDED = (*DEFAULT_VARIANTS, "unet-10ep")
+"""Other training seeds of each default model and of the options that might replace a default
+(initialisation, batch order, noise; the split stays): ``<variant>-seed<N>`` rows show the
+seed-to-seed spread that one row hides."""
 VARIANTS.update(
     {
-        f"{family}-seed{seed}": (family, [f"train.seed={seed}"])
-        for family in DEFAULT_VARIANTS
+        f"{name}-seed{seed}": (family, [*overrides, f"train.seed={seed}"])
+        for name, (family, overrides) in ((v, VARIANTS[v]) for v in SEEDED)
         for seed in SEEDS
     }
 )

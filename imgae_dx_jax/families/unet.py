@@ -95,7 +95,13 @@ def build(cfg: UNetConfig, image_size: int, fast: bool, dtype: Any, rngs: nnx.Rn
     """The U-Net of ``cfg`` (fully convolutional: ``image_size`` is not needed)."""
     del image_size
     return UNet(
-        cfg.widths, cfg.groups, uncertainty=cfg.uncertainty, fast=fast, dtype=dtype, rngs=rngs
+        cfg.widths,
+        cfg.groups,
+        uncertainty=cfg.uncertainty,
+        dropped_skips=cfg.dropped_skips,
+        fast=fast,
+        dtype=dtype,
+        rngs=rngs,
     )
 
 

@@ -5,7 +5,9 @@ default training mode adds low-frequency Gaussian noise to the input and asks fo
 image back (see :func:`imgae_dx_jax.families.unet.coarse_noise`). The architecture matches the
 classic PyTorch U-Net: with widths ``(32, 64, 128, 256)`` it has 1,927,841 parameters. With
 ``uncertainty`` the output convolution has a second channel, a per-pixel log-variance (no
-activation), for a Gaussian likelihood (as the AE's head, Mao et al., MICCAI 2020).
+activation), for a Gaussian likelihood (as the AE's head, Mao et al., MICCAI 2020). With
+``dropped_skips`` the finest levels decode without their skip connection, so what the
+model passes at those resolutions must go through the coarser levels.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class UNet(nnx.Module):
     same parameters); ``dtype`` is the computation dtype of the convolutions (parameters and
     the returned reconstruction stay float32). ``uncertainty`` adds the log-variance output
     channel of :meth:`mean_and_logvar`; calling the model returns the mean image either way.
+    ``dropped_skips`` leaves out the skips of the finest that many levels (their decoder
+    :class:`DoubleConv` then takes the upsampled features alone).
     """
 
     def __init__(
@@ -84,11 +88,14 @@ class UNet(nnx.Module):
         groups: int,
         *,
         uncertainty: bool = False,
+        dropped_skips: int = 0,
         fast: bool = False,
         dtype: Any = None,
         rngs: nnx.Rngs,
     ):
         widths = tuple(widths)
+        if not 0 <= dropped_skips < len(widths):
+            raise ValueError(f"dropped_skips must be in 0..{len(widths) - 1}, not {dropped_skips}")
         self.fast = fast
         self.dtype = dtype
         self.down = nnx.List(
@@ -98,6 +105,8 @@ class UNet(nnx.Module):
             ]
         )
         skips = widths[-2::-1]
+        self.uses_skip = tuple(i < len(skips) - dropped_skips for i in range(len(skips)))
+        """Per decoder level (coarsest first): whether it concatenates its encoder skip."""
         self.up = nnx.List(
             [
                 UpConv2x2(c_in, c_out, fast=fast, dtype=dtype, rngs=rngs)
@@ -105,7 +114,10 @@ class UNet(nnx.Module):
             ]
         )
         self.up_conv = nnx.List(
-            [DoubleConv(2 * c, c, groups, fast=fast, dtype=dtype, rngs=rngs) for c in skips]
+            [
+                DoubleConv((1 + kept) * c, c, groups, fast=fast, dtype=dtype, rngs=rngs)
+                for c, kept in zip(skips, self.uses_skip, strict=True)
+            ]
         )
         self.uncertainty = uncertainty
         outputs = 2 if uncertainty else 1
@@ -120,8 +132,9 @@ class UNet(nnx.Module):
             x = block(x)
             skips.append(x)
         x = skips.pop()
-        for up, conv in zip(self.up, self.up_conv, strict=True):
-            x = conv(jnp.concatenate([up(x), skips.pop()], axis=-1))
+        for up, conv, kept in zip(self.up, self.up_conv, self.uses_skip, strict=True):
+            x, skip = up(x), skips.pop()
+            x = conv(jnp.concatenate([x, skip], axis=-1) if kept else x)
         return at_least_float32(self.head(x))
 
     def mean_and_logvar(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from imgae_dx_jax.config import load_config
+from imgae_dx_jax.config import ConfigError, load_config
 from imgae_dx_jax.families import create_model
 from imgae_dx_jax.families.ra import in_pairs
 from imgae_dx_jax.models import Autoencoder, ReversedAutoencoder, UNet
@@ -94,6 +94,25 @@ def test_unet_other_depth():
     model = nnx.eval_shape(lambda: create_model(cfg.model, 32, rngs=nnx.Rngs(0)))
     out = nnx.eval_shape(lambda m, x: m(x), model, jnp.zeros((1, 32, 32, 1)))
     assert out.shape == (1, 32, 32, 1)
+
+
+@pytest.mark.parametrize("dropped", [1, 2, 3])
+def test_unet_dropped_skips_decode_the_finest_levels_without_their_skip(dropped):
+    # widths (32, 64, 128, 256): decoder levels 128, 64, 32 (coarsest first). Without its skip,
+    # a level's first 3x3 convolution reads c instead of 2c channels: 9 * c * c fewer weights.
+    cfg = load_config(overrides=["model.name=unet", f"model.unet.dropped_skips={dropped}"])
+    model = nnx.eval_shape(lambda: create_model(cfg.model, 64, rngs=nnx.Rngs(0)))
+    fewer = sum(9 * c * c for c in (32, 64, 128)[:dropped])
+    assert n_params(model) == DEFAULT_PARAMS["unet"] - fewer
+    assert model.uses_skip == tuple(i < 3 - dropped for i in range(3))
+    out = nnx.eval_shape(lambda m, x: m(x), model, jnp.zeros((1, 64, 64, 1)))
+    assert out.shape == (1, 64, 64, 1)
+
+
+@pytest.mark.parametrize("dropped", [-1, 4])
+def test_unet_dropped_skips_out_of_range_names_the_key(dropped):
+    with pytest.raises(ConfigError, match=r"model\.unet\.dropped_skips"):
+        load_config(overrides=[f"model.unet.dropped_skips={dropped}"])
 
 
 def test_same_seed_same_parameters():
