@@ -32,6 +32,7 @@ from imgae_dx_jax.schema import (
     PRECISIONS,
     RA_MAPS,
     SCORES,
+    SELECTIONS,
     SOURCES,
     STAGES,
     THRESHOLD_RULES,
@@ -240,6 +241,7 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
     if t.weight_decay < 0:
         fail("train.weight_decay", "must be >= 0")
     one_of("train.lr_schedule", t.lr_schedule, LR_SCHEDULES, "schedule")
+    one_of("train.select_checkpoint", t.select_checkpoint, SELECTIONS, "value")
     one_of("train.precision", t.precision, PRECISIONS, "precision")
     if t.compilation_cache not in ("", "none") and Path(t.compilation_cache).expanduser().is_file():
         fail(

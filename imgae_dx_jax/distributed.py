@@ -117,6 +117,13 @@ def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_process_local_data(batch_sharding(mesh), local)
 
 
+def broadcast_from_main(value: np.ndarray) -> np.ndarray:
+    """Process 0's ``value`` on every process (``value`` itself in a one-process run)."""
+    if jax.process_count() == 1:
+        return value
+    return np.asarray(multihost_utils.broadcast_one_to_all(value))
+
+
 def to_host(tree: Any) -> Any:
     """Gather every array of ``tree`` (replicated or sharded, over any hosts) to numpy."""
     if jax.process_count() == 1:

@@ -154,6 +154,12 @@ class Scorer:
         chosen.score, chosen._column = score, SCORES.index(score)
         return chosen
 
+    def with_state(self, state: Any) -> Scorer:
+        """The same compiled scoring with other weights: ``state`` of a same-shaped model."""
+        other = copy.copy(self)
+        other._state = state
+        return other
+
     def __call__(self, images: np.ndarray, *, keep_maps: bool = False) -> Inference:
         """Score uint8 images ``[N, size, size, 1]`` (N >= 1).
 

@@ -16,6 +16,7 @@ UNET_MODES = ("denoising", "reconstruction")
 UNET_NOISES = ("coarse", "patch", "both")
 OPTIMIZERS = ("adam", "adamw", "amsgrad")
 LR_SCHEDULES = ("constant", "cosine")
+SELECTIONS = ("last", "val_auroc")
 STAGES = tuple(f"images_{i:03d}" for i in range(1, 13))
 WANDB_MODES = ("online", "offline", "disabled")
 FAST_PATHS = ("auto", "always", "never")
@@ -219,6 +220,11 @@ class TrainConfig:
     """Weight decay (L2 on the gradient for adam/amsgrad, decoupled for adamw)."""
     lr_schedule: str
     """``constant``, or ``cosine``: decay to 0 over the step budget (``max_steps``)."""
+    select_checkpoint: str
+    """The model that becomes the export (what evaluation and prediction load): ``last``,
+    the model after the last step, or ``val_auroc``, the epoch (of the last stage) whose
+    validation AUROC is the highest; the validation patients' normal and abnormal images are
+    scored after every epoch (:mod:`imgae_dx_jax.training.selection`)."""
     precision: str = "auto"
     """Computation dtype of the convolutions and linear layers while training: ``float32``,
     ``bf16`` (bfloat16) with float32 parameters, optimiser state, losses and outputs, or

@@ -7,8 +7,9 @@
 For each data set and variant (a model family at its defaults, or one named option of it), in
 a fresh process each: train on the normal images of the training patients, then evaluate. The
 evaluation chooses everything -- the image-score aggregation (``eval.score``), the operating
-threshold (``eval.threshold``) -- on the validation patients only; the final model is the one
-evaluated (no checkpoint is picked by looking at labels). The held-out test patients give the
+threshold (``eval.threshold``) and, for the ``-select`` variants, the epoch whose model is
+evaluated (``train.select_checkpoint=val_auroc``) -- on the validation patients only; the other
+variants evaluate the final model. The held-out test patients give the
 reported figures: AUROC and AUPRC with patient-bootstrap 95% CIs, the patient-weighted AUROC
 (each image weighted by 1 / its patient's image count), sensitivity and specificity at the
 validation-chosen threshold, train and evaluation wall time, epochs and steps.
@@ -65,6 +66,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # levels at 128 px (the default's five leave 2x2).
     "ra-4levels": ("ra", ["model.ra.widths=[32,64,128,256]"]),
     "ae": ("ae", []),
+    # The exported model is the epoch of best validation AUROC instead of the last one.
+    **{
+        f"{family}-select": (family, ["train.select_checkpoint=val_auroc"])
+        for family in ("unet", "ra", "ae")
+    },
     # The authors' training recipe (Kascenas et al.): AMSGrad with L2 1e-5, cosine decay over
     # the step budget (the default schedule), the coarse noise randomly rolled.
     "unet-kascenas": (
@@ -106,7 +112,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 
 DEFAULT_VARIANTS = ("unet", "ra", "ae")
 SEEDS = (1, 2)
-SEEDED = (*DEFAULT_VARIANTS, "unet-10ep")
+SEEDED = (*DEFAULT_VARIANTS, "unet-10ep", "unet-select", "ra-select")
 """Other training seeds of each default model and of the options that might replace a default
 (initialisation, batch order, noise; the split stays): ``<variant>-seed<N>`` rows show the
 seed-to-seed spread that one row hides."""
@@ -162,6 +168,8 @@ def run_variant(
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = max((r.get("step", 0) for r in log), default=0)
+    scored = [r for r in log if "val_auroc" in r]  # epochs scored for the export's selection
+    scored = [r for r in scored if r["stage"] == scored[-1]["stage"]]  # it restarts per stage
     return {
         "dataset": dataset,
         "variant": variant,
@@ -171,6 +179,7 @@ def run_variant(
         **summarise(metrics),
         "epochs": worker["epochs"],
         "steps": steps,
+        **({"exported_step": max(scored, key=lambda r: r["val_auroc"])["step"]} if scored else {}),
         "train_s": round(worker["train_s"], 1),
         "eval_s": round(worker["eval_s"], 1),
         # When and how loaded: train times compare only between rows of an idle machine.

@@ -22,7 +22,7 @@ import numpy as np
 
 from imgae_dx_jax import __version__, distributed
 from imgae_dx_jax import run_dir as rundir
-from imgae_dx_jax.checkpoints import Checkpoints, SaveCadence
+from imgae_dx_jax.checkpoints import Checkpoints, SaveCadence, export_model
 from imgae_dx_jax.config import ConfigError, to_dict
 from imgae_dx_jax.data import Store
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset, train_dataset
@@ -32,6 +32,7 @@ from imgae_dx_jax.memory import release_memory
 from imgae_dx_jax.progress import progress_bar
 from imgae_dx_jax.schema import STAGES, Config
 from imgae_dx_jax.tracking import resource_metrics
+from imgae_dx_jax.training.selection import ValidationAUROC
 from imgae_dx_jax.training.step import Trainer
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,10 @@ class Progress:
     """Optimiser steps in total."""
     best_val_loss: float | None = None
     best_step: int | None = None
+    best_val_auroc: float | None = None
+    """``train.select_checkpoint=val_auroc``: the best validation AUROC of the stage in
+    progress (or of the last stage), whose model is the export."""
+    best_auroc_step: int | None = None
 
     def trains(self, config: Config, stages: Sequence[str]) -> bool:
         """Whether training ``stages`` on from here takes any optimiser step.
@@ -223,11 +228,17 @@ class TrainingLoop:
             return False
         if p.stage != stage:
             p.stage, p.epoch, p.step_in_epoch = stage, 0, 0
+            p.best_val_auroc = p.best_auroc_step = None  # the export comes from the last stage
         trained = set(p.completed_stages) | {stage}
         train_skips = self.skips.setdefault(("train", stage), SkipLog())
         val_skips = self.skips.setdefault(("validation", stage), SkipLog())
         train_source = self._source([r for r in self.splits.train if r.stage == stage], train_skips)
-        val_source = self._source([r for r in self.splits.val if r.stage in trained], val_skips)
+        val_records = [r for r in self.splits.val if r.stage in trained]
+        val_source = self._source(val_records, val_skips)
+        selector = None
+        if cfg.train.select_checkpoint == "val_auroc":
+            model, _ = self.trainer.model_and_optimizers()
+            selector = ValidationAUROC(self.config, self.store, val_records, model)
         shard = distributed.process_shard()
         local_batch = cfg.train.batch_size // shard[1]
         data_iter = iter(
@@ -255,16 +266,18 @@ class TrainingLoop:
                     p.epoch, p.step_in_epoch = p.epoch + 1, 0
                 if p.best_val_loss is None or val["val_loss"] < p.best_val_loss:
                     p.best_val_loss, p.best_step = val["val_loss"], p.step
+                auroc = {} if selector is None else self._select(selector)
                 self.metrics.write(
-                    {"step": p.step, "stage": stage, "epoch": p.epoch + int(cut), **val}
+                    {"step": p.step, "stage": stage, "epoch": p.epoch + int(cut), **val, **auroc}
                 )
                 log.info(
-                    "stage %s epoch %d/%d: step %d, validation loss %.5f",
+                    "stage %s epoch %d/%d: step %d, validation loss %.5f%s",
                     stage,
                     p.epoch + int(cut),
                     cfg.train.epochs,
                     p.step,
                     val["val_loss"],
+                    "" if selector is None else self._describe_selection(auroc),
                 )
                 self._save(data_iter, val["val_loss"])
                 if cut:
@@ -407,6 +420,31 @@ class TrainingLoop:
                 f"non-finite {what} at step {first_step + offset} ({terms}); training stopped "
                 f"and {kept}"
             )
+
+    def _select(self, selector: ValidationAUROC) -> dict[str, Any]:
+        """Score the validation split; export the model when its AUROC is the stage's best.
+
+        Every process takes part in gathering the weights and in the export; process 0
+        scores, and its AUROC is the one every process compares.
+        """
+        p = self.progress
+        model_state, _ = self.trainer.parts()
+        host_state = distributed.to_host(model_state)
+        result = selector.run(host_state) if distributed.is_main_process() else {}
+        auroc = float(distributed.broadcast_from_main(np.array(result.get("val_auroc", 0.0))))
+        if p.best_val_auroc is None or auroc > p.best_val_auroc:
+            p.best_val_auroc, p.best_auroc_step = auroc, p.step
+            export_model(self.run_dir, self.run_config, model_state)
+        return {"val_auroc": auroc, **({"val_score": result["val_score"]} if result else {})}
+
+    def _describe_selection(self, auroc: dict[str, Any]) -> str:
+        p = self.progress
+        exported = p.best_auroc_step == p.step
+        return f", validation AUROC {auroc['val_auroc']:.3f}" + (
+            " (best so far: exported)"
+            if exported
+            else f" (the export stays that of step {p.best_auroc_step}, {p.best_val_auroc:.3f})"
+        )
 
     def _save(self, data_iter: Any, val_loss: float | None) -> None:
         if self.pending:  # never checkpoint a model whose last steps went NaN

@@ -166,8 +166,15 @@ def train(
             finally:
                 loop.log_skips()
             checkpoints.wait()  # the last checkpoint is in the run directory before the export
-            model_state, _ = trainer.parts()
-            export_model(run_dir, run_config, model_state)
+            if config.train.select_checkpoint == "last":
+                model_state, _ = trainer.parts()
+                export_model(run_dir, run_config, model_state)
+            else:  # the loop exported the best epoch by validation AUROC
+                log.info(
+                    "export: the model of step %s (validation AUROC %.3f)",
+                    progress.best_auroc_step,
+                    progress.best_val_auroc or float("nan"),
+                )
         finished = True
     finally:
         checkpoints.close(raise_errors=finished)

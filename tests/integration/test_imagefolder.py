@@ -8,7 +8,10 @@ import zipfile
 from collections import defaultdict
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
+from flax import nnx
 
 from imgae_dx_jax.train import main as train_main
 
@@ -108,3 +111,53 @@ def test_train_and_evaluate_from_a_class_folder_tree_split_by_patient(tmp_path, 
     assert (metrics["n_normal"], metrics["n_abnormal"]) == (counts["normal"], counts["abnormal"])
     assert counts["normal"] and counts["abnormal"]
     assert 0.0 <= metrics["auroc"] <= 1.0
+
+
+@pytest.mark.slow
+def test_the_epoch_of_best_validation_auroc_becomes_the_export(tmp_path, monkeypatch):
+    # The validation AUROCs the loop sees are scripted (best: epoch 2 of 3), the scoring is
+    # real: the export must hold epoch 2's weights, and evaluation, scoring that export on
+    # the same validation patients, must find the AUROC the loop computed for it.
+    from imgae_dx_jax import run_dir as rundir
+    from imgae_dx_jax.checkpoints import restore_model
+    from imgae_dx_jax.training.selection import ValidationAUROC
+
+    real_run = ValidationAUROC.run
+    calls: list[tuple[dict, object]] = []
+    scripted = iter([0.6, 0.8, 0.7])
+
+    def run(self, state):
+        result = real_run(self, state)
+        calls.append((result, jax.tree.map(np.array, state)))
+        return {**result, "val_auroc": next(scripted)}
+
+    monkeypatch.setattr(ValidationAUROC, "run", run)
+    tree = tmp_path / "chest_xray"
+    _class_tree(tree)
+    run_path = tmp_path / "run"
+    args = ["--source", "imagefolder", "--data", str(tree), "--model", "ae"]
+    args += ["--image-size", "32", "--epochs", "3", "--batch-size", "4"]
+    args += ["--run-dir", str(run_path), "--wandb", "disabled"]
+    for item in (
+        "model.ae.widths=[4,8]",
+        "model.ae.latent_dim=4",
+        "data.split=[0.5,0.25,0.25]",
+        f"data.patient_pattern={PATTERN}",
+        "train.select_checkpoint=val_auroc",
+    ):
+        args += ["--set", item]
+    assert train_main(args) == 0
+
+    lines = [json.loads(x) for x in (run_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_auroc"] for r in lines if "val_auroc" in r] == [0.6, 0.8, 0.7]
+    assert len(calls) == 3
+    export = restore_model(run_path, rundir.read_config(run_path / "config.yaml"))
+    exported = jax.tree.leaves(nnx.state(export, nnx.Param))
+    at = [jax.tree.leaves(nnx.filter_state(state, nnx.Param)) for _, state in calls]
+    assert not all(np.array_equal(a, b) for a, b in zip(at[1], at[2], strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(exported, at[1], strict=True))
+
+    metrics = json.loads((run_path / "eval" / "metrics.json").read_text())
+    chosen = calls[1][0]
+    assert metrics["score"] == chosen["val_score"]
+    assert metrics["score_val_auroc"][metrics["score"]] == pytest.approx(chosen["val_auroc"])

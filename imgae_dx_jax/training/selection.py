@@ -1,0 +1,74 @@
+"""Checkpoint selection on the validation patients (``train.select_checkpoint``).
+
+With ``val_auroc``, the model of every epoch scores the validation split -- the normal *and*
+abnormal images of the validation patients, never a test image -- and the epoch whose AUROC
+is the highest becomes the run's inference export, the model that evaluation and prediction
+load. The AUROC is that of the image score ``eval.score`` (for ``auto``, the best candidate,
+as evaluation picks it later on the same patients:
+:func:`~imgae_dx_jax.metrics.threshold.choose_score`). With ``last`` (the default) the
+export is the model after the last step. In a run of several stages the selection restarts
+with each stage (its validation split grows with the stages): the export is an epoch of the
+last stage trained.
+
+:class:`ValidationAUROC` is the evaluator: built once per stage, it compiles the scoring
+function once and :meth:`ValidationAUROC.run` scores one epoch's weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from flax import nnx
+
+from imgae_dx_jax.config import ConfigError
+from imgae_dx_jax.data import Store
+from imgae_dx_jax.data.nih import Record
+from imgae_dx_jax.inference import Scorer, score_split
+from imgae_dx_jax.metrics.threshold import choose_score
+from imgae_dx_jax.schema import Config
+
+
+class ValidationAUROC:
+    """The validation AUROC of a model's weights, for choosing the exported epoch."""
+
+    def __init__(
+        self, config: Config, store: Store, records: Sequence[Record], model: nnx.Module
+    ) -> None:
+        """Compile the scoring of ``records`` for models shaped like ``model``.
+
+        Args:
+            config: the run's config.
+            store: where the images are.
+            records: the validation split (of the stages trained so far).
+            model: a model of the run's architecture (its weights are replaced in ``run``).
+
+        Raises:
+            ConfigError: when the split lacks normal or abnormal images.
+        """
+        labels = [r.label for r in records]
+        if 0 not in labels or 1 not in labels:
+            raise ConfigError(
+                "train.select_checkpoint: val_auroc needs normal and abnormal validation "
+                f"images; the validation split has {labels.count(0)} normal and "
+                f"{labels.count(1)} abnormal (use last)"
+            )
+        self.config, self.store, self.records = config, store, tuple(records)
+        self._scorer = Scorer(model, config)
+
+    def run(self, model_state: Any) -> dict[str, Any]:
+        """Score the validation split with ``model_state`` (host arrays of the model).
+
+        Returns:
+            ``val_auroc``: the best candidate score's AUROC; ``val_score``: that candidate.
+        """
+        scored = score_split(
+            self._scorer.with_state(model_state),
+            self.config,
+            self.records,
+            self.store,
+            desc="scoring validation",
+        )
+        candidates = {name: scores for name, (scores, _) in scored.by_score.items()}
+        name, aurocs = choose_score(scored.labels, candidates, self.config.eval.score)
+        return {"val_auroc": aurocs[name], "val_score": name}
