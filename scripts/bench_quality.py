@@ -62,9 +62,6 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "ra-lr2.5e-5": ("ra", ["model.ra.learning_rate=2.5e-5"]),
     # The paper's rate for twice the default budget: is the RA at 5 epochs under-trained?
     "ra-10ep": ("ra", ["train.epochs=10"]),
-    # Four levels at 64 px leave a 4x4 feature map before the latent, as the paper's five
-    # levels at 128 px (the default's five leave 2x2).
-    "ra-4levels": ("ra", ["model.ra.widths=[32,64,128,256]"]),
     "ae": ("ae", []),
     # The exported model is the epoch of best validation AUROC instead of the last one.
     **{
