@@ -404,14 +404,15 @@ class SaveCadence:
         self.last_save = time.monotonic()
 
 
-def export_model(run_dir: Path, config: Config, model_state: Any) -> None:
+def export_model(run_dir: Path, config: Config, host_state: Any) -> None:
     """Write the inference export ``<run>/export/``: model state and config, no optimiser.
 
-    The arrays are gathered to host memory (every process takes part) and process 0 writes
-    them alone, so the export loads anywhere, on any number of devices. Evaluation adds the
-    validation-calibrated threshold (``threshold.json``); prediction needs nothing else.
+    ``host_state`` is the model state gathered to host memory
+    (:func:`imgae_dx_jax.distributed.to_host`, which every process takes part in); process 0
+    writes it alone (the others return), so the export loads anywhere, on any number of
+    devices. Evaluation adds the validation-calibrated threshold (``threshold.json``);
+    prediction needs nothing else.
     """
-    host_state = distributed.to_host(model_state)
     if not distributed.is_main_process():
         return
     export = rundir.export_dir(run_dir)

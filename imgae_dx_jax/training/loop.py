@@ -434,7 +434,7 @@ class TrainingLoop:
         auroc = float(distributed.broadcast_from_main(np.array(result.get("val_auroc", 0.0))))
         if p.best_val_auroc is None or auroc > p.best_val_auroc:
             p.best_val_auroc, p.best_auroc_step = auroc, p.step
-            export_model(self.run_dir, self.run_config, model_state)
+            export_model(self.run_dir, self.run_config, host_state)
         return {"val_auroc": auroc, **({"val_score": result["val_score"]} if result else {})}
 
     def _describe_selection(self, auroc: dict[str, Any]) -> str:

@@ -168,7 +168,7 @@ def train(
             checkpoints.wait()  # the last checkpoint is in the run directory before the export
             if config.train.select_checkpoint == "last":
                 model_state, _ = trainer.parts()
-                export_model(run_dir, run_config, model_state)
+                export_model(run_dir, run_config, distributed.to_host(model_state))
             else:  # the loop exported the best epoch by validation AUROC
                 log.info(
                     "export: the model of step %s (validation AUROC %.3f)",

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from imgae_dx_jax import run_dir as rundir
+from imgae_dx_jax.checkpoints import restore_model
 from imgae_dx_jax.train import main as train_main
+from imgae_dx_jax.training.selection import ValidationAUROC
 
 ROOT = Path(__file__).resolve().parents[2]
 PEDIATRIC_ZIP = ROOT / "benchmarks" / "data" / "pediatric-pneumonia-dev.zip"
@@ -118,10 +121,6 @@ def test_the_epoch_of_best_validation_auroc_becomes_the_export(tmp_path, monkeyp
     # The validation AUROCs the loop sees are scripted (best: epoch 2 of 3), the scoring is
     # real: the export must hold epoch 2's weights, and evaluation, scoring that export on
     # the same validation patients, must find the AUROC the loop computed for it.
-    from imgae_dx_jax import run_dir as rundir
-    from imgae_dx_jax.checkpoints import restore_model
-    from imgae_dx_jax.training.selection import ValidationAUROC
-
     real_run = ValidationAUROC.run
     calls: list[tuple[dict, object]] = []
     scripted = iter([0.6, 0.8, 0.7])

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
+from imgae_dx_jax import distributed
 from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.checkpoints import export_model, restore_model
 from imgae_dx_jax.config import load_config
@@ -36,7 +37,7 @@ def run_dir(tmp_path_factory):
         ]
     )
     model = create_model(config.model, config.data.image_size, rngs=nnx.Rngs(0))
-    export_model(run, config, nnx.state(model))
+    export_model(run, config, distributed.to_host(nnx.state(model)))
     (run / "export" / "threshold.json").write_text(json.dumps({"threshold": 0.3, "map_scale": 0.5}))
     return run
 
