@@ -47,13 +47,52 @@ def median_filter(maps: jax.Array, size: int = MEDIAN_SIZE) -> jax.Array:
     """Median of each ``size x size`` neighbourhood of [B, H, W] maps (odd ``size``).
 
     Borders are extended by reflection (SciPy's ``reflect`` mode, so the result equals
-    ``scipy.ndimage.median_filter(maps, size=(1, size, size))``).
+    ``scipy.ndimage.median_filter(maps, size=(1, size, size))``). The median is the middle
+    output of a sorting network (:func:`median_network`) of elementwise minima and maxima
+    over the ``size * size`` shifted maps, which XLA fuses into one pass; a sort along a
+    stacked axis took ~40 times as long on the CPU.
     """
     radius = size // 2
     height, width = maps.shape[1:]
     padded = jnp.pad(maps, ((0, 0), (radius, radius), (radius, radius)), mode="symmetric")
-    shifted = [padded[:, i : i + height, j : j + width] for i in range(size) for j in range(size)]
-    return jnp.median(jnp.stack(shifted), axis=0)
+    lanes: list[jax.Array | None] = [
+        padded[:, i : i + height, j : j + width] for i in range(size) for j in range(size)
+    ]
+    lanes += [None] * (median_network_width(size * size) - len(lanes))  # None: +infinity
+    for low, high in median_network(len(lanes)):
+        a, b = lanes[low], lanes[high]
+        if a is None:  # +inf against anything: the other value moves down
+            lanes[low], lanes[high] = b, a
+        elif b is not None:
+            lanes[low], lanes[high] = jnp.minimum(a, b), jnp.maximum(a, b)
+    middle = lanes[size * size // 2]
+    assert middle is not None  # the padding lanes sort above every real value
+    return middle
+
+
+def median_network_width(n: int) -> int:
+    """The smallest power of two >= ``n``: the width of the network that sorts ``n`` lanes."""
+    return 1 << (n - 1).bit_length()
+
+
+def median_network(width: int) -> list[tuple[int, int]]:
+    """Batcher's odd-even merge sort of ``width`` lanes (a power of two) as comparators.
+
+    Each ``(low, high)`` pair puts the smaller value in lane ``low``; applied in order they
+    sort any input. XLA drops the comparisons the middle lane does not depend on.
+    """
+    pairs = []
+    p = 1
+    while p < width:
+        k = p
+        while k >= 1:
+            for j in range(k % p, width - k, 2 * k):
+                for i in range(min(k, width - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return pairs
 
 
 def uses_median(score: str) -> bool:

@@ -19,6 +19,7 @@ from imgae_dx_jax.inference import (
     Scorer,
     candidate_scores,
     median_filter,
+    median_network,
     score_region,
     score_split,
     top_mean,
@@ -27,11 +28,27 @@ from imgae_dx_jax.inference import (
 from imgae_dx_jax.schema import SCORES
 
 
-@pytest.mark.parametrize("shape", [(3, 16, 16), (2, 7, 9), (1, 5, 5)])
-def test_median_filter_equals_scipy(shape: tuple[int, int, int]) -> None:
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [((3, 16, 16), 5), ((2, 7, 9), 5), ((1, 5, 5), 5), ((2, 9, 8), 3), ((1, 12, 12), 7)],
+)
+def test_median_filter_equals_scipy(shape: tuple[int, int, int], size: int) -> None:
     maps = np.random.default_rng(sum(shape)).random(shape).astype(np.float32)
-    expected = scipy_median(maps, size=(1, 5, 5), mode="reflect")
-    np.testing.assert_allclose(np.asarray(median_filter(jnp.asarray(maps))), expected)
+    maps[0, :3, :3] = 0.5  # ties
+    expected = scipy_median(maps, size=(1, size, size), mode="reflect")
+    np.testing.assert_array_equal(np.asarray(median_filter(jnp.asarray(maps), size)), expected)
+
+
+def test_median_network_sorts_every_zero_one_input() -> None:
+    """The 0-1 principle: a comparator network that sorts every 0/1 input sorts every input."""
+    width = 16
+    pairs = median_network(width)
+    for code in range(2**width):
+        lanes = [(code >> i) & 1 for i in range(width)]
+        for low, high in pairs:
+            if lanes[low] > lanes[high]:
+                lanes[low], lanes[high] = lanes[high], lanes[low]
+        assert lanes == sorted(lanes), code
 
 
 def test_median_filter_removes_an_isolated_spike_but_keeps_a_blob() -> None:
