@@ -175,15 +175,7 @@ class Checkpoints:
             )
 
     def _write_error(self, step: int | None, err: BaseException) -> CheckpointError:
-        text = str(err)
-        os_error = re.search(r"([^:\n]+?)\s*\[os_error_code='(\d+)'", text)
-        if os_error:  # tensorstore: '...: Failed to write N bytes to file: File too large [...]'
-            cause = f"{os_error.group(1).strip()} (errno {os_error.group(2)})"
-        elif isinstance(err, OSError) and err.strerror:
-            cause = f"{err.strerror} (errno {err.errno})"
-        else:
-            lines = [line.strip() for line in text.splitlines() if line.strip()]
-            cause = (lines[0] if lines else type(err).__name__)[:300]
+        cause = write_error_cause(err)
         good = [s for s in self._manager.all_steps() if s != step]
         kept = (
             f"the previous checkpoint (step {max(good)}) is intact: fix the problem (free disk "
@@ -404,6 +396,18 @@ class SaveCadence:
         self.last_save = time.monotonic()
 
 
+def write_error_cause(err: BaseException) -> str:
+    """The cause of a failed write in one line: the OS error where there is one."""
+    text = str(err)
+    os_error = re.search(r"([^:\n]+?)\s*\[os_error_code='(\d+)'", text)
+    if os_error:  # tensorstore: '...: Failed to write N bytes to file: File too large [...]'
+        return f"{os_error.group(1).strip()} (errno {os_error.group(2)})"
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror} (errno {err.errno})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:300]
+
+
 def export_model(run_dir: Path, config: Config, host_state: Any) -> None:
     """Write the inference export ``<run>/export/``: model state and config, no optimiser.
 
@@ -411,18 +415,31 @@ def export_model(run_dir: Path, config: Config, host_state: Any) -> None:
     (:func:`imgae_dx_jax.distributed.to_host`, which every process takes part in); process 0
     writes it alone (the others return), so the export loads anywhere, on any number of
     devices. Evaluation adds the validation-calibrated threshold (``threshold.json``);
-    prediction needs nothing else.
+    prediction needs nothing else. The export is written beside the previous one and renamed
+    over it once complete.
+
+    Raises:
+        CheckpointError: when it cannot be written (the previous export is intact).
     """
     if not distributed.is_main_process():
         return
     export = rundir.export_dir(run_dir)
     staging = rundir.export_staging_dir(run_dir)
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    with distributed.local_checkpointer() as checkpointer:
-        checkpointer.save(staging.absolute() / rundir.EXPORT_MODEL, host_state)
-        checkpointer.wait_until_finished()
-    rundir.write_config(config, staging)
+    try:
+        staging.mkdir()
+        with distributed.local_checkpointer() as checkpointer:
+            checkpointer.save(staging.absolute() / rundir.EXPORT_MODEL, host_state)
+            checkpointer.wait_until_finished()
+        rundir.write_config(config, staging)
+    except Exception as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        kept = "the previous export is intact" if export.is_dir() else "there is no export yet"
+        raise CheckpointError(
+            f"could not write the model export in {export}: {write_error_cause(err)}; {kept}: "
+            "fix the problem (free disk space, check the drive) and rerun the same command to "
+            "resume from the last checkpoint"
+        ) from None
     shutil.rmtree(export, ignore_errors=True)
     staging.rename(export)
 

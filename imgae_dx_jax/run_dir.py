@@ -77,6 +77,7 @@ _BUDGET_KEYS = ("train.epochs", "train.max_steps")
 _LEGACY_VALUES: dict[tuple[str, ...], Any] = {
     ("data", "intensity"): "none",
     ("train", "lr_schedule"): "constant",
+    ("train", "select_checkpoint"): "last",
     ("eval", "border"): 0.0,
     ("model", "ae", "uncertainty"): False,
 }

@@ -25,6 +25,7 @@ from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.checkpoints import Checkpoints, SaveCadence, export_model
 from imgae_dx_jax.config import ConfigError, to_dict
 from imgae_dx_jax.data import Store
+from imgae_dx_jax.data.nih import Record
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset, train_dataset
 from imgae_dx_jax.data.split import Splits
 from imgae_dx_jax.errors import Interrupted, NonFiniteLossError
@@ -235,10 +236,7 @@ class TrainingLoop:
         train_source = self._source([r for r in self.splits.train if r.stage == stage], train_skips)
         val_records = [r for r in self.splits.val if r.stage in trained]
         val_source = self._source(val_records, val_skips)
-        selector = None
-        if cfg.train.select_checkpoint == "val_auroc":
-            model, _ = self.trainer.model_and_optimizers()
-            selector = ValidationAUROC(self.config, self.store, val_records, model)
+        selector = self._selector(val_records)
         shard = distributed.process_shard()
         local_batch = cfg.train.batch_size // shard[1]
         data_iter = iter(
@@ -420,6 +418,28 @@ class TrainingLoop:
                 f"non-finite {what} at step {first_step + offset} ({terms}); training stopped "
                 f"and {kept}"
             )
+
+    def _selector(self, val_records: Sequence[Record]) -> ValidationAUROC | None:
+        """The stage's epoch selection (``train.select_checkpoint``), None for the last model.
+
+        ``auto`` selects on the validation AUROC when the validation split has normal and
+        abnormal images, and exports the last model otherwise (a normal-only folder).
+        """
+        mode = self.config.train.select_checkpoint
+        if mode == "auto":
+            labels = {r.label for r in val_records}
+            mode = "val_auroc" if labels == {0, 1} else "last"
+            log.info(
+                "train.select_checkpoint auto: %s",
+                "the export is the epoch of best validation AUROC"
+                if mode == "val_auroc"
+                else "the validation split lacks normal or abnormal images; the export is "
+                "the last model",
+            )
+        if mode == "last":
+            return None
+        model, _ = self.trainer.model_and_optimizers()
+        return ValidationAUROC(self.config, self.store, val_records, model)
 
     def _select(self, selector: ValidationAUROC) -> dict[str, Any]:
         """Score the validation split; export the model when its AUROC is the stage's best.

@@ -5,10 +5,11 @@ abnormal images of the validation patients, never a test image -- and the epoch 
 is the highest becomes the run's inference export, the model that evaluation and prediction
 load. The AUROC is that of the image score ``eval.score`` (for ``auto``, the best candidate,
 as evaluation picks it later on the same patients:
-:func:`~imgae_dx_jax.metrics.threshold.choose_score`). With ``last`` (the default) the
-export is the model after the last step. In a run of several stages the selection restarts
-with each stage (its validation split grows with the stages): the export is an epoch of the
-last stage trained.
+:func:`~imgae_dx_jax.metrics.threshold.choose_score`). With ``last`` the export is the model
+after the last step; ``auto`` (the default) is ``val_auroc`` when the validation split has
+normal and abnormal images and ``last`` when it has not. In a run of several stages the
+selection restarts with each stage (its validation split grows with the stages): the export
+is an epoch of the last stage trained.
 
 :class:`ValidationAUROC` is the evaluator: built once per stage, it compiles the scoring
 function once and :meth:`ValidationAUROC.run` scores one epoch's weights.

@@ -166,7 +166,7 @@ def train(
             finally:
                 loop.log_skips()
             checkpoints.wait()  # the last checkpoint is in the run directory before the export
-            if config.train.select_checkpoint == "last":
+            if progress.best_auroc_step is None:  # no epoch was chosen on validation AUROC
                 model_state, _ = trainer.parts()
                 export_model(run_dir, run_config, distributed.to_host(model_state))
             else:  # the loop exported the best epoch by validation AUROC

@@ -19,6 +19,7 @@ import pytest
 from imgae_dx_jax.config import load_config
 from imgae_dx_jax.train import main as train_main
 from imgae_dx_jax.training import train
+from imgae_dx_jax.training.selection import ValidationAUROC
 
 pytestmark = pytest.mark.slow
 
@@ -110,16 +111,30 @@ def test_nan_loss_stops_with_one_message_and_keeps_the_checkpoint(run, capsys):
 
 # Orbax's failed background writers complain once more when their event loop is gone.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_checkpoint_write_error_is_reported_and_the_previous_one_kept(run, capsys):
+@pytest.mark.parametrize(
+    ("select", "failed", "kept"),
+    [
+        # The export of the last model is written after the last checkpoint: that one fails.
+        ("last", "could not write checkpoint 4", "previous checkpoint (step 2) is intact"),
+        # An epoch of best validation AUROC is exported before its checkpoint is saved.
+        ("auto", "could not write the model export", "previous export is intact"),
+    ],
+)
+def test_checkpoint_write_error_is_reported_and_the_previous_one_kept(
+    run, capsys, monkeypatch, select, failed, kept
+):
     # A real I/O error, even for root: a file-size limit makes every larger write fail
     # with EFBIG ("File too large"), the way a full disk fails with ENOSPC.
+    real_run = ValidationAUROC.run  # step 4's AUROC is the best: its model is exported
+    monkeypatch.setattr(ValidationAUROC, "run", lambda *a: {**real_run(*a), "val_auroc": 1.0})
     before, export = digest(run / "checkpoints" / "2"), digest(run / "export")
     limits = resource.getrlimit(resource.RLIMIT_FSIZE)
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     capsys.readouterr()
     resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, limits[1]))
     try:
-        code = train_main([*ARGS, "--set", "train.max_steps=4", "--run-dir", str(run)])
+        args = ["--set", "train.max_steps=4", "--set", f"train.select_checkpoint={select}"]
+        code = train_main([*ARGS, *args, "--run-dir", str(run)])
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
         signal.signal(signal.SIGXFSZ, previous)
@@ -127,8 +142,8 @@ def test_checkpoint_write_error_is_reported_and_the_previous_one_kept(run, capsy
     assert code == 2, err
     message = [line for line in err.splitlines() if line.startswith("imgae-train: error")]
     assert len(message) == 1 and "Traceback" not in err
-    assert "could not write checkpoint 4" in message[0] and "File too large" in message[0]
-    assert "previous checkpoint (step 2) is intact" in message[0]
+    assert failed in message[0] and "File too large" in message[0]
+    assert kept in message[0]
     assert steps(run) == [2] and digest(run / "checkpoints" / "2") == before
     assert digest(run / "export") == export  # the export of step 2 was not replaced
     resume_without_evaluation(run, 4)  # the leftovers are cleaned up; the run continues

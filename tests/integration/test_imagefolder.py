@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
 import zipfile
 from collections import defaultdict
 from pathlib import Path
@@ -15,8 +17,11 @@ from flax import nnx
 
 from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.checkpoints import restore_model
+from imgae_dx_jax.config import ConfigError, load_config
+from imgae_dx_jax.schema import Config
 from imgae_dx_jax.train import main as train_main
 from imgae_dx_jax.training.selection import ValidationAUROC
+from imgae_dx_jax.training.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 PEDIATRIC_ZIP = ROOT / "benchmarks" / "data" / "pediatric-pneumonia-dev.zip"
@@ -142,8 +147,7 @@ def test_the_epoch_of_best_validation_auroc_becomes_the_export(tmp_path, monkeyp
         "model.ae.latent_dim=4",
         "data.split=[0.5,0.25,0.25]",
         f"data.patient_pattern={PATTERN}",
-        "train.select_checkpoint=val_auroc",
-    ):
+    ):  # train.select_checkpoint: auto, the default -- val_auroc, with both classes validating
         args += ["--set", item]
     assert train_main(args) == 0
 
@@ -160,3 +164,43 @@ def test_the_epoch_of_best_validation_auroc_becomes_the_export(tmp_path, monkeyp
     chosen = calls[1][0]
     assert metrics["score"] == chosen["val_score"]
     assert metrics["score_val_auroc"][metrics["score"]] == pytest.approx(chosen["val_auroc"])
+
+
+def _normal_only_config(tree: Path, select: str) -> Config:
+    return load_config(
+        overrides=[
+            "data.source=imagefolder",
+            f"data.path={tree}",
+            f"data.patient_pattern={PATTERN}",
+            "data.image_size=16",
+            "data.split=[0.5,0.25,0.25]",
+            "model.name=ae",
+            "model.ae.widths=[4,8]",
+            "model.ae.latent_dim=4",
+            "train.batch_size=4",
+            "train.epochs=2",
+            f"train.select_checkpoint={select}",
+            "tracking.wandb=disabled",
+        ]
+    )
+
+
+def test_without_abnormal_validation_images_auto_exports_the_last_model(tmp_path, caplog):
+    # A folder of normal images only: nothing to compute an AUROC on. The default (auto)
+    # exports the model after the last step; val_auroc, asked for explicitly, is an error
+    # that names the key.
+    tree = tmp_path / "normals"
+    _class_tree(tree)
+    shutil.rmtree(tree / "PNEUMONIA")
+    with caplog.at_level(logging.INFO, logger="imgae_dx_jax.training.loop"):
+        result = train(_normal_only_config(tree, "auto"), tmp_path / "run")
+    assert any("lacks normal or abnormal" in r.getMessage() for r in caplog.records)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert not any("val_auroc" in json.loads(x) for x in lines)
+    export = restore_model(tmp_path / "run", result.config)
+    final = jax.tree.leaves(nnx.state(result.model, nnx.Param))
+    exported = jax.tree.leaves(nnx.state(export, nnx.Param))
+    assert all(np.array_equal(a, b) for a, b in zip(exported, final, strict=True))
+
+    with pytest.raises(ConfigError, match=r"train\.select_checkpoint"):
+        train(_normal_only_config(tree, "val_auroc"), tmp_path / "run2")

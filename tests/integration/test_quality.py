@@ -33,6 +33,7 @@ TINY = [
     "train.batch_size=16",
     "train.epochs=30",
     "train.max_steps=400",
+    "train.select_checkpoint=last",  # the model of the step budget, not a validation choice
     "model.unet.noise=both",
     "eval.border=0.15",
     "train.log_every=20",
