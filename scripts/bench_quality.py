@@ -7,9 +7,10 @@
 For each data set and variant (a model family at its defaults, or one named option of it), in
 a fresh process each: train on the normal images of the training patients, then evaluate. The
 evaluation chooses everything -- the image-score aggregation (``eval.score``), the operating
-threshold (``eval.threshold``) and, for the ``-select`` variants, the epoch whose model is
-evaluated (``train.select_checkpoint=val_auroc``) -- on the validation patients only; the other
-variants evaluate the final model. The held-out test patients give the
+threshold (``eval.threshold``) and the epoch whose model is evaluated
+(``train.select_checkpoint``: ``auto``, the default, is the epoch of best validation AUROC on
+both data sets; the ``-last`` variants evaluate the final model) -- on the validation patients
+only. The held-out test patients give the
 reported figures: AUROC and AUPRC with patient-bootstrap 95% CIs, the patient-weighted AUROC
 (each image weighted by 1 / its patient's image count), sensitivity and specificity at the
 validation-chosen threshold, train and evaluation wall time, epochs and steps.
@@ -63,10 +64,12 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # The paper's rate for twice the default budget: is the RA at 5 epochs under-trained?
     "ra-10ep": ("ra", ["train.epochs=10"]),
     "ae": ("ae", []),
-    # The exported model is the epoch of best validation AUROC instead of the last one.
+    # The exported model is the epoch of best validation AUROC (what auto, the default, does
+    # where validation has both classes), or the model after the last step.
     **{
-        f"{family}-select": (family, ["train.select_checkpoint=val_auroc"])
+        f"{family}-{mode}": (family, [f"train.select_checkpoint={value}"])
         for family in ("unet", "ra", "ae")
+        for mode, value in (("select", "val_auroc"), ("last", "last"))
     },
     # The authors' training recipe (Kascenas et al.): AMSGrad with L2 1e-5, cosine decay over
     # the step budget (the default schedule), the coarse noise randomly rolled.
@@ -109,7 +112,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 
 DEFAULT_VARIANTS = ("unet", "ra", "ae")
 SEEDS = (1, 2)
-SEEDED = (*DEFAULT_VARIANTS, "unet-10ep", "unet-select", "ra-select")
+SEEDED = (
+    *DEFAULT_VARIANTS,
+    "unet-10ep",
+    "unet-select",
+    "ra-select",
+    "unet-last",
+    "ra-last",
+    "ae-last",
+)
 """Other training seeds of each default model and of the options that might replace a default
 (initialisation, batch order, noise; the split stays): ``<variant>-seed<N>`` rows show the
 seed-to-seed spread that one row hides."""
@@ -176,6 +187,7 @@ def run_variant(
         **summarise(metrics),
         "epochs": worker["epochs"],
         "steps": steps,
+        "export": "val_auroc" if scored else "last",
         **({"exported_step": max(scored, key=lambda r: r["val_auroc"])["step"]} if scored else {}),
         "train_s": round(worker["train_s"], 1),
         "eval_s": round(worker["eval_s"], 1),
@@ -250,8 +262,9 @@ def table(data: dict[str, Any]) -> str:
     """The README table (Markdown) of every result in ``data``."""
     lines = [
         "| data set | variant | px | validation AUROC | AUROC (95% CI) | patient-weighted AUROC "
-        "| AUPRC (95% CI) | score | sens / spec | epochs (steps) | train s | measured (load) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| AUPRC (95% CI) | score | sens / spec | epochs (steps) | export | train s "
+        "| measured (load) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["results"]:
         ci, pci = r.get("auroc_ci", [0, 0]), r.get("auprc_ci", [0, 0])
@@ -268,9 +281,16 @@ def table(data: dict[str, Any]) -> str:
             f"| {r['auprc']:.3f} ({pci[0]:.3f}-{pci[1]:.3f}) "
             f"| {r.get('score', 'mean')} "
             f"| {r.get('sensitivity', 0):.2f} / {r.get('specificity', 0):.2f} "
-            f"| {r['epochs']} ({r['steps']}) | {r['train_s']:.0f} | {measured} |"
+            f"| {r['epochs']} ({r['steps']}) | {exported(r)} | {r['train_s']:.0f} | {measured} |"
         )
     return "\n".join(lines)
+
+
+def exported(row: dict[str, Any]) -> str:
+    """Which model a row evaluated: the last, or the epoch of best validation AUROC."""
+    if row.get("export") == "val_auroc":
+        return f"best validation AUROC (step {row['exported_step']})"
+    return "last"
 
 
 def write_readme(readme: Path, data: dict[str, Any]) -> None:
