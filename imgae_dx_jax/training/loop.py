@@ -33,7 +33,7 @@ from imgae_dx_jax.memory import release_memory
 from imgae_dx_jax.progress import progress_bar
 from imgae_dx_jax.schema import STAGES, Config
 from imgae_dx_jax.tracking import resource_metrics
-from imgae_dx_jax.training.selection import ValidationAUROC
+from imgae_dx_jax.training.selection import ValidationAUROC, has_both_classes
 from imgae_dx_jax.training.step import Trainer
 
 log = logging.getLogger(__name__)
@@ -237,6 +237,8 @@ class TrainingLoop:
         val_records = [r for r in self.splits.val if r.stage in trained]
         val_source = self._source(val_records, val_skips)
         selector = self._selector(val_records)
+        if selector is None:  # the last model is the export, whatever an earlier run chose
+            p.best_val_auroc = p.best_auroc_step = None
         shard = distributed.process_shard()
         local_batch = cfg.train.batch_size // shard[1]
         data_iter = iter(
@@ -427,8 +429,7 @@ class TrainingLoop:
         """
         mode = self.config.train.select_checkpoint
         if mode == "auto":
-            labels = {r.label for r in val_records}
-            mode = "val_auroc" if labels == {0, 1} else "last"
+            mode = "val_auroc" if has_both_classes(val_records) else "last"
             log.info(
                 "train.select_checkpoint auto: %s",
                 "the export is the epoch of best validation AUROC"

@@ -30,6 +30,12 @@ from imgae_dx_jax.metrics.threshold import choose_score
 from imgae_dx_jax.schema import Config
 
 
+def has_both_classes(records: Sequence[Record]) -> bool:
+    """Whether ``records`` hold normal and abnormal images: whether an AUROC exists."""
+    labels = {r.label for r in records}
+    return 0 in labels and 1 in labels
+
+
 class ValidationAUROC:
     """The validation AUROC of a model's weights, for choosing the exported epoch."""
 
@@ -47,8 +53,8 @@ class ValidationAUROC:
         Raises:
             ConfigError: when the split lacks normal or abnormal images.
         """
-        labels = [r.label for r in records]
-        if 0 not in labels or 1 not in labels:
+        if not has_both_classes(records):
+            labels = [r.label for r in records]
             raise ConfigError(
                 "train.select_checkpoint: val_auroc needs normal and abnormal validation "
                 f"images; the validation split has {labels.count(0)} normal and "

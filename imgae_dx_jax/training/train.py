@@ -166,7 +166,9 @@ def train(
             finally:
                 loop.log_skips()
             checkpoints.wait()  # the last checkpoint is in the run directory before the export
-            if progress.best_auroc_step is None:  # no epoch was chosen on validation AUROC
+            # The loop exported an epoch chosen on validation AUROC, unless none was chosen
+            # (or the run, resumed with `last`, has no stage left to train).
+            if config.train.select_checkpoint == "last" or progress.best_auroc_step is None:
                 model_state, _ = trainer.parts()
                 export_model(run_dir, run_config, distributed.to_host(model_state))
             else:  # the loop exported the best epoch by validation AUROC

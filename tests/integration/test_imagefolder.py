@@ -21,7 +21,7 @@ from imgae_dx_jax.config import ConfigError, load_config
 from imgae_dx_jax.schema import Config
 from imgae_dx_jax.train import main as train_main
 from imgae_dx_jax.training.selection import ValidationAUROC
-from imgae_dx_jax.training.train import train
+from imgae_dx_jax.training.train import TrainResult, train
 
 ROOT = Path(__file__).resolve().parents[2]
 PEDIATRIC_ZIP = ROOT / "benchmarks" / "data" / "pediatric-pneumonia-dev.zip"
@@ -166,7 +166,7 @@ def test_the_epoch_of_best_validation_auroc_becomes_the_export(tmp_path, monkeyp
     assert metrics["score_val_auroc"][metrics["score"]] == pytest.approx(chosen["val_auroc"])
 
 
-def _normal_only_config(tree: Path, select: str) -> Config:
+def _small_config(tree: Path, select: str, epochs: int = 2) -> Config:
     return load_config(
         overrides=[
             "data.source=imagefolder",
@@ -178,7 +178,7 @@ def _normal_only_config(tree: Path, select: str) -> Config:
             "model.ae.widths=[4,8]",
             "model.ae.latent_dim=4",
             "train.batch_size=4",
-            "train.epochs=2",
+            f"train.epochs={epochs}",
             f"train.select_checkpoint={select}",
             "tracking.wandb=disabled",
         ]
@@ -193,14 +193,32 @@ def test_without_abnormal_validation_images_auto_exports_the_last_model(tmp_path
     _class_tree(tree)
     shutil.rmtree(tree / "PNEUMONIA")
     with caplog.at_level(logging.INFO, logger="imgae_dx_jax.training.loop"):
-        result = train(_normal_only_config(tree, "auto"), tmp_path / "run")
+        result = train(_small_config(tree, "auto"), tmp_path / "run")
     assert any("lacks normal or abnormal" in r.getMessage() for r in caplog.records)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert not any("val_auroc" in json.loads(x) for x in lines)
-    export = restore_model(tmp_path / "run", result.config)
-    final = jax.tree.leaves(nnx.state(result.model, nnx.Param))
-    exported = jax.tree.leaves(nnx.state(export, nnx.Param))
-    assert all(np.array_equal(a, b) for a, b in zip(exported, final, strict=True))
+    assert _exports_the_final_model(tmp_path / "run", result)
 
     with pytest.raises(ConfigError, match=r"train\.select_checkpoint"):
-        train(_normal_only_config(tree, "val_auroc"), tmp_path / "run2")
+        train(_small_config(tree, "val_auroc"), tmp_path / "run2")
+
+
+def test_a_run_resumed_with_last_exports_its_last_model(tmp_path, monkeypatch):
+    # The first epoch is chosen on validation AUROC (the default, auto); resumed for a second
+    # epoch with train.select_checkpoint=last, the export is the model after the last step,
+    # not the epoch chosen before.
+    tree = tmp_path / "chest_xray"
+    _class_tree(tree)
+    real_run = ValidationAUROC.run
+    monkeypatch.setattr(ValidationAUROC, "run", lambda *a: {**real_run(*a), "val_auroc": 1.0})
+    first = train(_small_config(tree, "auto", epochs=1), tmp_path / "run")
+    assert _exports_the_final_model(tmp_path / "run", first)  # epoch 1, chosen
+    resumed = train(_small_config(tree, "last", epochs=2), tmp_path / "run")
+    assert _exports_the_final_model(tmp_path / "run", resumed)
+
+
+def _exports_the_final_model(run: Path, result: TrainResult) -> bool:
+    export = restore_model(run, result.config)
+    final = jax.tree.leaves(nnx.state(result.model, nnx.Param))
+    exported = jax.tree.leaves(nnx.state(export, nnx.Param))
+    return all(np.array_equal(a, b) for a, b in zip(exported, final, strict=True))
