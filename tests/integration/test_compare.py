@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Train each tiny model for 4 steps (training ends with its own evaluation)."""
+    """Train each tiny model for 4 steps at 32 px (training ends with its own evaluation)."""
     root = tmp_path_factory.mktemp("runs")
     out = {}
     for model, sets in TINY.items():
@@ -35,6 +35,8 @@ def runs(tmp_path_factory):
             "1",
             "--batch-size",
             "8",
+            "--image-size",
+            "32",
             "--set",
             "train.max_steps=4",
             "--set",

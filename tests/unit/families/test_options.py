@@ -259,7 +259,7 @@ def test_ra_encoder_loss_keeps_the_gradient_of_the_exp_elbo_target():
         )
 
     def grads(fn):
-        return jax.tree.leaves(nnx.grad(fn)(model.encoder, model.decoder))
+        return jax.tree.leaves(nnx.jit(nnx.grad(fn))(model.encoder, model.decoder))
 
     ours = grads(lambda e, d: encoder_loss(ra_cfg, e, d, batch, z_prior, key)[0])
     attached = grads(lambda e, d: authors(e, d, detach_target=False))
