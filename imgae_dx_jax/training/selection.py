@@ -61,7 +61,9 @@ class ValidationAUROC:
                 f"{labels.count(1)} abnormal (use last)"
             )
         self.config, self.store, self.records = config, store, tuple(records)
-        self._scorer = Scorer(model, config)
+        # The compiled scoring only: ``run`` brings each epoch's weights, so the evaluator
+        # does not hold the stage's first ones for the rest of the stage.
+        self._scorer = Scorer(model, config).with_state(None)
 
     def run(self, model_state: Any) -> dict[str, Any]:
         """Score the validation split with ``model_state`` (host arrays of the model).
