@@ -17,6 +17,7 @@ from imgae_dx_jax.models.layers import (
     UpConv2x2,
     avg_pool2,
     max_pool2,
+    patch_conv,
     upsample_conv,
     upsample_nearest2,
 )
@@ -122,6 +123,18 @@ def test_upsample_conv_matches_conv_of_upsampled(kernel_size):
         np.testing.assert_allclose(upsample_conv(x, kernel, bias), expected, atol=1e-12)
 
 
+@pytest.mark.parametrize(("kernel_size", "height", "width"), [(3, 2, 2), (3, 1, 3), (5, 4, 3)])
+def test_patch_conv_matches_conv(kernel_size, height, width):
+    # Maps smaller than the kernel included: most taps then fall on the zero padding.
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (2, height, width, 3), dtype=jnp.float64)
+        kernel = jax.random.normal(jax.random.key(1), (kernel_size, kernel_size, 3, 4), jnp.float64)
+        expected = jax.lax.conv_general_dilated(
+            x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        np.testing.assert_allclose(patch_conv(x, kernel), expected, atol=1e-12)
+
+
 def test_layers_fast_and_plain():
     x = jax.random.normal(jax.random.key(0), (2, 6, 8, 4))
     up_plain = UpConv2x2(4, 5, rngs=nnx.Rngs(0))
@@ -133,6 +146,8 @@ def test_layers_fast_and_plain():
         fast = Conv(4, 3, (size, size), fast=True, rngs=nnx.Rngs(0))
         np.testing.assert_allclose(fast(x), plain(x), atol=1e-5)
         np.testing.assert_allclose(fast(x, upsample=True), plain(x, upsample=True), atol=1e-5)
+        small = x[:, :2, :4]  # 8 pixels: the patch path
+        np.testing.assert_allclose(fast(small), plain(small), atol=1e-5)
     np.testing.assert_array_equal(max_pool2(x, True), max_pool2(x))
     np.testing.assert_allclose(avg_pool2(x, True), avg_pool2(x), atol=1e-6)
 
