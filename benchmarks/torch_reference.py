@@ -447,6 +447,30 @@ class Bench:
         return self.eval_batch / statistics.median(times[1:])
 
 
+def time_conv(cmd: dict) -> list[float]:
+    """Seconds of ``cmd["n"]`` runs of one convolution's forward pass and gradients.
+
+    ``cmd``: ``input`` [N, C, H, W], ``kernel`` [O, C, kH, kW], ``stride`` [sH, sW],
+    ``padding`` [[top, bottom], [left, right]], ``input_grad`` (also the input's gradient);
+    the loss is ``sum(y ** 2)``, as ``scripts/bench_convs.py`` times it in Flax.
+    """
+    torch.manual_seed(0)
+    x = torch.randn(*cmd["input"], requires_grad=cmd["input_grad"])
+    w = (0.1 * torch.randn(*cmd["kernel"])).requires_grad_()
+    (top, bottom), (left, right) = cmd["padding"]
+    symmetric = top == bottom and left == right
+
+    def run() -> float:
+        start = time.perf_counter()
+        inputs = x if symmetric else F.pad(x, (left, right, top, bottom))
+        y = F.conv2d(inputs, w, stride=cmd["stride"], padding=(top, left) if symmetric else 0)
+        (y**2).sum().backward()
+        x.grad = w.grad = None
+        return time.perf_counter() - start
+
+    return [run() for _ in range(cmd["n"])]
+
+
 def info() -> dict:
     """Versions and threads of this PyTorch."""
     return {"torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -457,7 +481,8 @@ def serve() -> None:
 
     ``{"cmd": "init", "model": m, "size": s, "batch": b}`` -> ``{"params": n, ...}``;
     ``{"cmd": "steps", "n": k}`` -> ``{"times": [...]}``; ``{"cmd": "eval"}`` ->
-    ``{"images_per_s": r}``; ``{"cmd": "quit"}`` ends.
+    ``{"images_per_s": r}``; ``{"cmd": "conv", ...}`` (:func:`time_conv`) -> ``{"times":
+    [...]}``; ``{"cmd": "quit"}`` ends.
     """
     bench: Bench | None = None
     print(json.dumps(info()), flush=True)
@@ -471,6 +496,8 @@ def serve() -> None:
         elif cmd["cmd"] == "steps":
             assert bench is not None
             out = {"times": [bench.step() for _ in range(cmd["n"])]}
+        elif cmd["cmd"] == "conv":
+            out = {"times": time_conv(cmd)}
         elif cmd["cmd"] == "eval":
             assert bench is not None
             out = {"images_per_s": bench.eval_rate()}
