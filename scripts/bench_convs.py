@@ -132,10 +132,17 @@ def torch_command(conv: Conv, n: int) -> dict[str, Any]:
 
 
 def describe(conv: Conv) -> str:
-    """``16x64x64 1->32 3x3 s1``: batch x height x width, channels, kernel, stride."""
-    lhs, rhs, strides, _ = conv
+    """``16x64x64 1->32 3x3 s1``: batch x height x width, channels, kernel, stride.
+
+    Uneven padding (the sub-pixel convolutions of the fast path) is added as
+    ``pad top-bottom,left-right``.
+    """
+    lhs, rhs, strides, padding = conv
     stride = "x".join(map(str, sorted(set(strides))))
-    return f"{lhs[0]}x{lhs[1]}x{lhs[2]} {lhs[3]}->{rhs[3]} {rhs[0]}x{rhs[1]} s{stride}"
+    text = f"{lhs[0]}x{lhs[1]}x{lhs[2]} {lhs[3]}->{rhs[3]} {rhs[0]}x{rhs[1]} s{stride}"
+    if any(lo != hi for lo, hi in padding):
+        text += " pad " + ",".join(f"{lo}-{hi}" for lo, hi in padding)
+    return text
 
 
 def measure(model: str, args: argparse.Namespace) -> dict[str, Any]:
