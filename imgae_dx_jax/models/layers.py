@@ -9,8 +9,8 @@ functions with the same parameters in a form that XLA's CPU backend runs faster:
 stride-2 transposed convolution as one matrix multiply and a reshape (instead of an
 input-dilated convolution), a nearest x2 upsampling followed by a convolution as four
 sub-pixel convolutions on the low-resolution input (4/9 of the multiply-adds for 3x3), 1x1
-convolutions and those of feature maps of at most 4x4 pixels as matrix multiplies (of the
-input, or of its patches) and 2x2 pooling as a reshape and a reduction. Outputs match
+convolutions and those of 2x2 feature maps as matrix multiplies (of the input, or of its
+patches) and 2x2 pooling as a reshape and a reduction. Outputs match
 the plain path up to float rounding (and, for max pooling, the split of the gradient between
 tied maxima); parameter trees are identical, so checkpoints are interchangeable.
 
@@ -180,10 +180,12 @@ def upsample_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> ja
     return y if bias is None else y + bias
 
 
-SMALL_MAP_PIXELS = 16
-"""Feature maps of at most this many pixels (4x4) are convolved as patches times a matrix on
+SMALL_MAP_PIXELS = 4
+"""Feature maps of at most this many pixels (2x2) are convolved as patches times a matrix on
 the fast path (:func:`patch_conv`): XLA:CPU's convolution took 26 ms for the forward pass and
-gradients of a 3x3, 256 -> 256 convolution of a 16x2x2 batch, one matrix multiply 2 ms."""
+gradients of a 3x3, 256 -> 256 convolution of a 16x2x2 batch, one matrix multiply 2 ms. With
+4x4 maps included the RA's step was slower (64 px: 2.00-2.20 s against 1.86-2.10 s; 128 px:
+11.3 s against 10.1 s)."""
 
 
 def patch_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:

@@ -145,24 +145,24 @@ def test_a_pytorch_reference_with_another_parameter_count_is_refused():
 
 def test_conv_bench_times_the_convolutions_the_fast_path_leaves():
     convs = load("bench_convs")
-    found = convs.model_convolutions("unet", 32, 2)  # levels 32, 16, 8 and a 4x4 bottleneck
+    found = convs.model_convolutions("unet", 16, 2)  # levels 16, 8, 4 and a 2x2 bottleneck
     same = ((1, 1), (1, 1))
-    first = ((2, 32, 32, 1), (3, 3, 1, 32), (1, 1), same)
+    first = ((2, 16, 16, 1), (3, 3, 1, 32), (1, 1), same)
     assert found[first] == 1 and not convs.input_gradient(first)
-    assert found[((2, 32, 32, 32), (3, 3, 32, 32), (1, 1), same)] == 2  # encoder and decoder
-    # Two convolutions per level and side; the 4x4 bottleneck's are patches times a matrix.
+    assert found[((2, 16, 16, 32), (3, 3, 32, 32), (1, 1), same)] == 2  # encoder and decoder
+    # Two convolutions per level and side; the 2x2 bottleneck's are patches times a matrix.
     assert sum(found.values()) == 12
-    assert all(lhs[1] * lhs[2] > 16 for lhs, *_ in found)
+    assert all(lhs[1] * lhs[2] > 4 for lhs, *_ in found)
     assert convs.torch_command(first, 3) == {
         "cmd": "conv",
-        "input": [2, 1, 32, 32],
+        "input": [2, 1, 16, 16],
         "kernel": [32, 1, 3, 3],
         "stride": [1, 1],
         "padding": [[1, 1], [1, 1]],
         "input_grad": False,
         "n": 3,
     }
-    assert convs.describe(first) == "2x32x32 1->32 3x3 s1"
+    assert convs.describe(first) == "2x16x16 1->32 3x3 s1"
     assert convs.describe(((2, 4, 4, 8), (2, 2, 8, 4), (1, 1), ((0, 1), (1, 0)))).endswith(
         "2x2 s1 pad 0-1,1-0"
     )
