@@ -85,7 +85,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """U-Net trained as a (coarse-noise) denoising autoencoder."""
+    """U-Net trained as a denoising autoencoder (coarse noise, foreign patches)."""
 
     widths: tuple[int, ...]
     """Channels per resolution level; the last one is the bottleneck."""
@@ -101,8 +101,9 @@ class UNetConfig:
     """Roll the upsampled coarse noise by a random offset in x and y per batch, as Kascenas
     et al. do, so its grid is not aligned with the image grid."""
     noise: str
-    """Denoising corruption: ``coarse`` (coarse noise), ``patch`` (foreign patch
-    interpolation: a rectangle of another image of the batch blended in) or ``both``."""
+    """Denoising corruption: ``coarse`` (coarse noise, as Kascenas et al.), ``patch`` (foreign
+    patch interpolation: a rectangle of another image of the batch blended in) or ``both``
+    (the patch, then the coarse noise; the default)."""
     uncertainty: bool
     """Decode a per-pixel log-variance too, train with the Gaussian NLL against the clean
     image and map ``(x - mu)^2 / exp(logvar)`` (the AE's uncertainty head, Mao et al.)."""

@@ -50,6 +50,11 @@ DATASETS: dict[str, list[str]] = {
 }
 """Training-command arguments of each data set."""
 
+COARSE = "model.unet.noise=coarse"
+"""Kascenas et al.'s coarse noise alone, the U-Net's default until 2026-12-04 (now coarse noise
+and foreign patches, ``both``): the U-Net options measured on it keep it, so that their rows
+reproduce."""
+
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "unet": ("unet", []),
     "ra": ("ra", []),
@@ -65,9 +70,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "ra-10ep": ("ra", ["train.epochs=10"]),
     "ae": ("ae", []),
     # The exported model is the epoch of best validation AUROC (what auto, the default, does
-    # where validation has both classes), or the model after the last step.
+    # where validation has both classes), or the model after the last step; the U-Net's with
+    # the coarse noise alone.
     **{
-        f"{family}-{mode}": (family, [f"train.select_checkpoint={value}"])
+        f"{family}-{mode}": (
+            family,
+            [*([COARSE] if family == "unet" else []), f"train.select_checkpoint={value}"],
+        )
         for family in ("unet", "ra", "ae")
         for mode, value in (("select", "val_auroc"), ("last", "last"))
     },
@@ -76,26 +85,32 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "unet-kascenas": (
         "unet",
         [
+            COARSE,
             "train.optimizer=amsgrad",
             "train.weight_decay=1e-5",
             "model.unet.noise_roll=true",
         ],
     ),
-    "unet-constant-lr": ("unet", ["train.lr_schedule=constant"]),
-    "unet-no-border": ("unet", ["eval.border=0"]),
-    "unet-patch": ("unet", ["model.unet.noise=both"]),
-    "unet-no-intensity": ("unet", ["data.intensity=none"]),
+    "unet-constant-lr": ("unet", [COARSE, "train.lr_schedule=constant"]),
+    "unet-no-border": ("unet", [COARSE, "eval.border=0"]),
+    "unet-no-intensity": ("unet", [COARSE, "data.intensity=none"]),
     # Kascenas et al. draw the coarse noise on 16x16 for 128 px images: 8x8 is that scale at 64 px.
-    "unet-noise8": ("unet", ["model.unet.noise_resolution=8"]),
+    "unet-noise8": ("unet", [COARSE, "model.unet.noise_resolution=8"]),
     # Twice the coarse noise's amplitude: the anomalies it teaches to remove are stronger.
-    "unet-std0.4": ("unet", ["model.unet.noise_std=0.4"]),
+    "unet-std0.4": ("unet", [COARSE, "model.unet.noise_std=0.4"]),
     # The AE's uncertainty head on the U-Net: NLL of the clean image, map = error / variance.
-    "unet-uncertainty": ("unet", ["model.unet.uncertainty=true"]),
+    "unet-uncertainty": ("unet", [COARSE, "model.unet.uncertainty=true"]),
     # Twice the default budget (about 580 steps on the pediatric set instead of 290): is the
     # U-Net's seed-to-seed spread that of an under-trained model?
-    "unet-10ep": ("unet", ["train.epochs=10"]),
+    "unet-10ep": ("unet", [COARSE, "train.epochs=10"]),
     # Without the skips of the finest 1, 2 or all 3 levels: less of the input can be copied.
-    **{f"unet-drop{n}": ("unet", [f"model.unet.dropped_skips={n}"]) for n in (1, 2, 3)},
+    **{f"unet-drop{n}": ("unet", [COARSE, f"model.unet.dropped_skips={n}"]) for n in (1, 2, 3)},
+    # A coarser noise grid (4x4: opacities the size of a lung lobe), half the amplitude, a
+    # third of the learning rate, half the channels.
+    "unet-noise4": ("unet", [COARSE, "model.unet.noise_resolution=4"]),
+    "unet-std0.1": ("unet", [COARSE, "model.unet.noise_std=0.1"]),
+    "unet-lr3e-4": ("unet", [COARSE, "model.unet.learning_rate=3e-4"]),
+    "unet-narrow": ("unet", [COARSE, "model.unet.widths=[16,32,64,128]"]),
     # The plain AE (MSE, map = residual): the baseline of Mao et al. and of the issue's targets.
     "ae-mse": ("ae", ["model.ae.uncertainty=false"]),
     "ae-constant-lr": ("ae", ["train.lr_schedule=constant"]),
@@ -115,6 +130,7 @@ SEEDS = (1, 2)
 SEEDED = (
     *DEFAULT_VARIANTS,
     "unet-10ep",
+    "unet-lr3e-4",
     "unet-select",
     "ra-select",
     "unet-last",

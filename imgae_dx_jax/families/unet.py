@@ -1,8 +1,9 @@
-"""``unet``: a U-Net trained as a denoising autoencoder with coarse noise.
+"""``unet``: a U-Net trained as a denoising autoencoder with coarse noise and foreign patches.
 
 Kascenas et al., MIDL 2022 (:func:`coarse_noise`, optionally rolled as the authors do); with
-``model.unet.noise`` ``patch`` or ``both`` the corruption is (or includes) foreign patch
-interpolation (:func:`foreign_patch`), an anatomy-aware synthetic anomaly. In
+``model.unet.noise`` ``patch`` or ``both`` (the default) the corruption is (or includes)
+foreign patch interpolation (:func:`foreign_patch`), an anatomy-aware synthetic anomaly;
+``coarse`` is the authors' corruption alone. In
 ``reconstruction`` mode it is trained on plain reconstruction instead. MSE against the clean
 image; anomaly map: the residual ``|x - x_hat|`` of the clean input's reconstruction. With
 ``model.unet.uncertainty`` (an option beyond the paper: the AE's uncertainty head, Mao et al.,

@@ -1,13 +1,13 @@
-"""U-Net autoencoder, trained as a coarse-noise denoising autoencoder (Kascenas et al., 2022).
+"""U-Net autoencoder, trained as a denoising autoencoder (coarse noise, Kascenas et al., 2022).
 
 Skip connections let a plain reconstruction U-Net copy its input, anomalies included, so the
-default training mode adds low-frequency Gaussian noise to the input and asks for the clean
-image back (see :func:`imgae_dx_jax.families.unet.coarse_noise`). The architecture matches the
-classic PyTorch U-Net: with widths ``(32, 64, 128, 256)`` it has 1,927,841 parameters. With
-``uncertainty`` the output convolution has a second channel, a per-pixel log-variance (no
-activation), for a Gaussian likelihood (as the AE's head, Mao et al., MICCAI 2020). With
-``dropped_skips`` the finest levels decode without their skip connection, so what the
-model passes at those resolutions must go through the coarser levels.
+default training mode corrupts the input (low-frequency Gaussian noise, by default after a
+foreign patch) and asks for the clean image back (see :mod:`imgae_dx_jax.families.unet`).
+The architecture matches the classic PyTorch U-Net: with widths ``(32, 64, 128, 256)`` it has
+1,927,841 parameters. With ``uncertainty`` the output convolution has a second channel, a
+per-pixel log-variance (no activation), for a Gaussian likelihood (as the AE's head, Mao et
+al., MICCAI 2020). With ``dropped_skips`` the finest levels decode without their skip
+connection, so what the model passes at those resolutions must go through the coarser levels.
 """
 
 from __future__ import annotations
