@@ -131,8 +131,10 @@ def measure_model(model: str, size: int, args: argparse.Namespace) -> dict[str, 
                 f"data.image_size={size}",
                 f"train.batch_size={args.batch}",
                 f"model.fast_path={PATHS[label]}",
-                # The PyTorch reference is the plain AE (MSE, one output channel).
+                # The PyTorch reference is the plain AE (MSE, one output channel) and the
+                # U-Net with the coarse noise alone.
                 *(["model.ae.uncertainty=false"] if model == "ae" else []),
+                *(["model.unet.noise=coarse"] if model == "unet" else []),
             ]
         )
         # Throughput only: the step budget shapes nothing but a cosine schedule's length.
