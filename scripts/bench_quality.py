@@ -55,6 +55,38 @@ COARSE = "model.unet.noise=coarse"
 and foreign patches, ``both``): the U-Net options measured on it keep it, so that their rows
 reproduce."""
 
+UNET_OPTIONS: dict[str, list[str]] = {
+    # The authors' training recipe (Kascenas et al.): AMSGrad with L2 1e-5, cosine decay over
+    # the step budget (the default schedule), the coarse noise randomly rolled.
+    "unet-kascenas": [
+        "train.optimizer=amsgrad",
+        "train.weight_decay=1e-5",
+        "model.unet.noise_roll=true",
+    ],
+    "unet-constant-lr": ["train.lr_schedule=constant"],
+    "unet-no-border": ["eval.border=0"],
+    "unet-no-intensity": ["data.intensity=none"],
+    # Kascenas et al. draw the coarse noise on 16x16 for 128 px images: 8x8 is that scale at 64 px.
+    "unet-noise8": ["model.unet.noise_resolution=8"],
+    # Twice the coarse noise's amplitude: the anomalies it teaches to remove are stronger.
+    "unet-std0.4": ["model.unet.noise_std=0.4"],
+    # The AE's uncertainty head on the U-Net: NLL of the clean image, map = error / variance.
+    "unet-uncertainty": ["model.unet.uncertainty=true"],
+    # Twice the default budget (about 580 steps on the pediatric set instead of 290): is the
+    # U-Net's seed-to-seed spread that of an under-trained model?
+    "unet-10ep": ["train.epochs=10"],
+    # Without the skips of the finest 1, 2 or all 3 levels: less of the input can be copied.
+    **{f"unet-drop{n}": [f"model.unet.dropped_skips={n}"] for n in (1, 2, 3)},
+    # A coarser noise grid (4x4: opacities the size of a lung lobe), half the amplitude, a
+    # third of the learning rate, half the channels.
+    "unet-noise4": ["model.unet.noise_resolution=4"],
+    "unet-std0.1": ["model.unet.noise_std=0.1"],
+    "unet-lr3e-4": ["model.unet.learning_rate=3e-4"],
+    "unet-narrow": ["model.unet.widths=[16,32,64,128]"],
+}
+"""U-Net option variants: name -> ``--set`` overrides over the U-Net with :data:`COARSE`, the
+noise they were measured on (rows keep reproducing under their names)."""
+
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "unet": ("unet", []),
     "ra": ("ra", []),
@@ -80,37 +112,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         for family in ("unet", "ra", "ae")
         for mode, value in (("select", "val_auroc"), ("last", "last"))
     },
-    # The authors' training recipe (Kascenas et al.): AMSGrad with L2 1e-5, cosine decay over
-    # the step budget (the default schedule), the coarse noise randomly rolled.
-    "unet-kascenas": (
-        "unet",
-        [
-            COARSE,
-            "train.optimizer=amsgrad",
-            "train.weight_decay=1e-5",
-            "model.unet.noise_roll=true",
-        ],
-    ),
-    "unet-constant-lr": ("unet", [COARSE, "train.lr_schedule=constant"]),
-    "unet-no-border": ("unet", [COARSE, "eval.border=0"]),
-    "unet-no-intensity": ("unet", [COARSE, "data.intensity=none"]),
-    # Kascenas et al. draw the coarse noise on 16x16 for 128 px images: 8x8 is that scale at 64 px.
-    "unet-noise8": ("unet", [COARSE, "model.unet.noise_resolution=8"]),
-    # Twice the coarse noise's amplitude: the anomalies it teaches to remove are stronger.
-    "unet-std0.4": ("unet", [COARSE, "model.unet.noise_std=0.4"]),
-    # The AE's uncertainty head on the U-Net: NLL of the clean image, map = error / variance.
-    "unet-uncertainty": ("unet", [COARSE, "model.unet.uncertainty=true"]),
-    # Twice the default budget (about 580 steps on the pediatric set instead of 290): is the
-    # U-Net's seed-to-seed spread that of an under-trained model?
-    "unet-10ep": ("unet", [COARSE, "train.epochs=10"]),
-    # Without the skips of the finest 1, 2 or all 3 levels: less of the input can be copied.
-    **{f"unet-drop{n}": ("unet", [COARSE, f"model.unet.dropped_skips={n}"]) for n in (1, 2, 3)},
-    # A coarser noise grid (4x4: opacities the size of a lung lobe), half the amplitude, a
-    # third of the learning rate, half the channels.
-    "unet-noise4": ("unet", [COARSE, "model.unet.noise_resolution=4"]),
-    "unet-std0.1": ("unet", [COARSE, "model.unet.noise_std=0.1"]),
-    "unet-lr3e-4": ("unet", [COARSE, "model.unet.learning_rate=3e-4"]),
-    "unet-narrow": ("unet", [COARSE, "model.unet.widths=[16,32,64,128]"]),
+    **{name: ("unet", [COARSE, *options]) for name, options in UNET_OPTIONS.items()},
     # The plain AE (MSE, map = residual): the baseline of Mao et al. and of the issue's targets.
     "ae-mse": ("ae", ["model.ae.uncertainty=false"]),
     "ae-constant-lr": ("ae", ["train.lr_schedule=constant"]),
