@@ -214,6 +214,7 @@ def run_variant(
             "date": time.strftime("%Y-%m-%d"),
             "load_before": round(load_before, 2),
             "load_after": round(os.getloadavg()[0], 2),
+            "device": worker["device"],
         },
     }
 
@@ -245,6 +246,8 @@ def summarise(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def worker(run_dir: Path, train_args: list[str]) -> None:
     """In this process: train (timed), then evaluate (timed); print one JSON line."""
+    import jax
+
     from imgae_dx_jax import logs
     from imgae_dx_jax.cli import overrides_from_args, train_parser
     from imgae_dx_jax.config import load_config
@@ -259,7 +262,13 @@ def worker(run_dir: Path, train_args: list[str]) -> None:
     trained = time.perf_counter()
     evaluate_run(run_dir)
     done = time.perf_counter()
-    line = {"train_s": trained - start, "eval_s": done - trained, "epochs": config.train.epochs}
+    device = jax.devices()[0]
+    line = {
+        "train_s": trained - start,
+        "eval_s": done - trained,
+        "epochs": config.train.epochs,
+        "device": f"{device.platform}: {device.device_kind}",  # where train_s was taken
+    }
     print(json.dumps(line), flush=True)
 
 
@@ -291,6 +300,8 @@ def table(data: dict[str, Any]) -> str:
         measured = (
             f"{when['date']} ({when['load_before']:.1f}-{when['load_after']:.1f})" if when else "-"
         )
+        if when and not when.get("device", "cpu").startswith("cpu"):
+            measured += f", {when['device']}"  # an accelerator's train time is not a CPU's
         lines.append(
             f"| {r['dataset']} | {r['variant']} | {r['image_size']} "
             f"| {'-' if val is None else f'{val:.3f}'} "
