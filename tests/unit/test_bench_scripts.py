@@ -88,6 +88,8 @@ def test_quality_table_shows_the_validation_auroc_used_to_choose():
     header, rule, line = quality.table({"results": [row]}).splitlines()
     assert line.endswith("| 88 | 2026-12-03 (0.1-1.3) |")
     assert header.count("|") == rule.count("|") == line.count("|")
+    row["measured"]["device"] = "cpu: cpu"
+    assert quality.table({"results": [row]}).endswith("| 88 | 2026-12-03 (0.1-1.3) |")
     row["measured"]["device"] = "gpu: NVIDIA H200"  # an accelerator is named, a CPU is not
     line = quality.table({"results": [row]}).splitlines()[-1]
     assert line.endswith("| 88 | 2026-12-03 (0.1-1.3), gpu: NVIDIA H200 |")
