@@ -176,6 +176,18 @@ def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
         f"{metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}, "
         f"F1 {metrics['f1']:.3f}"
     )
+    print(f"  {reference_line(metrics)}")
+
+
+def reference_line(metrics: dict[str, Any]) -> str:
+    """How a model's test AUROC compares with the model-free reference's (one line)."""
+    ref = metrics["reference"]
+    d, (low, high) = ref["difference"], ref["auroc_ci"]
+    return (
+        f"reference: raw-image {ref['statistic']} (chosen on validation) AUROC "
+        f"{ref['auroc']:.3f} ({low:.3f}-{high:.3f}); model - reference {d['diff']:+.3f} "
+        f"({d['ci_low']:+.3f} to {d['ci_high']:+.3f}, p = {d['p_value']:.3g})"
+    )
 
 
 def print_comparison(comparison: Comparison) -> None:
@@ -206,6 +218,7 @@ def print_comparison(comparison: Comparison) -> None:
                 f"({loc['n_boxes']} boxes): pixel AUROC {loc['pixel_auroc']:.3f}, "
                 f"pointing game {loc['pointing_game']:.3f}"
             )
+        print(f"  {'':{width}s}  {reference_line(m)}")
     for d in comparison.paired:
         print(
             f"  {d['a']} - {d['b']}: AUROC difference {d['diff']:+.3f} "

@@ -12,7 +12,10 @@ Several runs are compared on the same test split (checked): per model AUROC (als
 patient-weighted) and AUPRC with 95% patient-level stratified bootstrap intervals, FPR at 95%
 TPR, F1, and the analyses of :data:`ANALYSES` (per-finding and subgroup AUROC with intervals,
 localization against NIH boxes); between models a paired patient-level bootstrap of the
-AUROC difference. Other data of the same layout can be evaluated on, after
+AUROC difference. Every model is also compared, in the same way, with a model-free reference
+on the same images (:func:`evaluate_reference`: the statistic of the raw image --
+:mod:`imgae_dx_jax.reference` -- that separates the validation split best), the floor a
+detector must beat. Other data of the same layout can be evaluated on, after
 checking that none of its validation or test images were trained on.
 """
 
@@ -23,7 +26,7 @@ import itertools
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ from imgae_dx_jax.metrics.curves import (
 )
 from imgae_dx_jax.metrics.image import (
     average_precision,
+    bootstrap_ci,
     image_metrics,
     paired_bootstrap,
     rates_at,
@@ -56,6 +60,7 @@ from imgae_dx_jax.metrics.image import (
 )
 from imgae_dx_jax.metrics.localization import localization, scaled_boxes
 from imgae_dx_jax.metrics.threshold import choose_score, describe_rule, map_scale, select_threshold
+from imgae_dx_jax.reference import reference_scores
 from imgae_dx_jax.report.tables import TRACKED_TABLES
 from imgae_dx_jax.results import Band, Comparison, ModelResult, SplitScores
 from imgae_dx_jax.schema import Config, DataConfig, EvalConfig
@@ -64,6 +69,8 @@ from imgae_dx_jax.tracking import Tracker
 log = logging.getLogger(__name__)
 
 MIN_BOOTSTRAP = 1000
+REFERENCE = "image statistic"
+"""Name of the model-free reference in paired comparisons (:func:`evaluate_reference`)."""
 
 
 @dataclass(frozen=True)
@@ -286,28 +293,82 @@ def run_names(run_dirs: Sequence[Path]) -> list[str]:
     return names
 
 
-def compare(models: Sequence[ModelResult], n_bootstrap: int, seed: int) -> list[dict[str, Any]]:
-    """Paired patient-level bootstraps of the AUROC difference of every pair of models.
+def paired(
+    a: str, a_test: SplitScores, b: str, b_test: SplitScores, n_bootstrap: int, seed: int
+) -> dict[str, Any]:
+    """Paired patient-level bootstrap of the test AUROC difference ``a - b``.
 
-    Each pair is compared on the test images both scored
-    (:func:`~imgae_dx_jax.metrics.image.paired_bootstrap`, the same resamples of patients for
-    both models).
+    On the test images both scored (:func:`~imgae_dx_jax.metrics.image.paired_bootstrap`, the
+    same resamples of patients for both).
     """
-    out = []
-    for a, b in itertools.combinations(models, 2):
-        b_scores = dict(zip((r.key for r in b.test.records), b.test.scores, strict=True))
-        common = [i for i, r in enumerate(a.test.records) if r.key in b_scores]
-        scores_b = np.array([b_scores[a.test.records[i].key] for i in common])
-        test = paired_bootstrap(
-            a.test.labels[common],
-            a.test.scores[common],
-            scores_b,
-            a.test.patients[common],
-            n_resamples=n_bootstrap,
-            seed=seed,
+    b_scores = dict(zip((r.key for r in b_test.records), b_test.scores, strict=True))
+    common = [i for i, r in enumerate(a_test.records) if r.key in b_scores]
+    scores_b = np.array([b_scores[a_test.records[i].key] for i in common])
+    test = paired_bootstrap(
+        a_test.labels[common],
+        a_test.scores[common],
+        scores_b,
+        a_test.patients[common],
+        n_resamples=n_bootstrap,
+        seed=seed,
+    )
+    return {"a": a, "b": b, "n_images": len(common), **test}
+
+
+def compare(models: Sequence[ModelResult], n_bootstrap: int, seed: int) -> list[dict[str, Any]]:
+    """Paired patient-level bootstraps (:func:`paired`) of every pair of models."""
+    return [
+        paired(a.name, a.test, b.name, b.test, n_bootstrap, seed)
+        for a, b in itertools.combinations(models, 2)
+    ]
+
+
+def evaluate_reference(
+    config: Config, loaded: tuple[Store, Catalog, Splits], *, n_bootstrap: int, seed: int
+) -> tuple[dict[str, Any], SplitScores]:
+    """Score the model-free reference (:mod:`imgae_dx_jax.reference`) like a model.
+
+    The statistic and its threshold are chosen on the validation split (:func:`calibrate`,
+    with ``eval.score: auto`` whatever the model's setting), then applied to the test split.
+
+    Args:
+        config: the data's image size and threading, ``eval.threshold`` and its target.
+        loaded: the store, catalog and splits of the evaluated data.
+        n_bootstrap: bootstrap resamples for the confidence intervals.
+        seed: bootstrap seed.
+
+    Returns:
+        ``(metrics, test)``: the test metrics of
+        :func:`~imgae_dx_jax.metrics.image.image_metrics` with ``statistic`` (the chosen
+        candidate), ``val_auroc`` (its validation AUROC), ``auroc_ci`` and ``auprc_ci``; and
+        the test scores of that statistic.
+    """
+    store, _, splits = loaded
+    val = reference_scores(splits.val, store, config, desc="reference: scoring validation")
+    test = reference_scores(splits.test, store, config, desc="reference: scoring test")
+    calibration = calibrate(val, replace(config.eval, score="auto"))
+    test = test.choose(calibration.score)
+    metrics = image_metrics(test.labels, test.scores, test.patients, calibration.threshold)
+    cis = {
+        f"{name}_ci": list(
+            bootstrap_ci(
+                test.labels,
+                test.scores,
+                test.patients,
+                metric,
+                n_resamples=n_bootstrap,
+                seed=seed,
+            )
         )
-        out.append({"a": a.name, "b": b.name, "n_images": len(common), **test})
-    return out
+        for name, metric in (("auroc", roc_auc), ("auprc", average_precision))
+    }
+    metrics.update(
+        statistic=calibration.score,
+        val_auroc=calibration.score_aurocs[calibration.score],
+        threshold_source=f"validation split, {calibration.rule}",
+        **cis,
+    )
+    return metrics, test
 
 
 def _check_same_test_split(models: Sequence[tuple[Path, Splits]]) -> None:
@@ -402,12 +463,18 @@ def evaluate_runs(
             )
             for name, (run_dir, config, loaded) in zip(names, prepared, strict=True)
         ]
-        paired = compare(models, n_bootstrap, seed)
+        paired_models = compare(models, n_bootstrap, seed)
+        reference, reference_test = evaluate_reference(
+            prepared[0][1], prepared[0][2], n_bootstrap=n_bootstrap, seed=seed
+        )
+        for model in models:
+            versus = paired(model.name, model.test, REFERENCE, reference_test, n_bootstrap, seed)
+            model.metrics["reference"] = reference | {"difference": versus}
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs, source)
     out.mkdir(parents=True, exist_ok=True)
     comparison = Comparison(
         models=models,
-        paired=paired,
+        paired=paired_models,
         data=models[0].metrics["data"],
         bootstrap={
             "n_resamples": n_bootstrap,

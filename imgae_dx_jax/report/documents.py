@@ -2,8 +2,9 @@
 
 :func:`write_report` turns a :class:`~imgae_dx_jax.results.Comparison` into
 ``figures/*.png``, ``report.md`` (figures linked) and ``report.html`` (figures embedded as
-base64 PNG, no external resources): the headline table with bootstrap intervals, the
-validation AUROC of each candidate image score, the paired patient bootstraps between models,
+base64 PNG, no external resources): the headline table with bootstrap intervals, each model
+against the model-free reference, the validation AUROC of each candidate image score, the
+paired patient bootstraps between models,
 per-finding, subgroup and localization results, split sizes, the data source
 and every run's config.
 """
@@ -26,6 +27,7 @@ from imgae_dx_jax.report.tables import (
     localization_rows,
     markdown_table,
     paired_rows,
+    reference_rows,
     score_rows,
     split_rows,
     subgroup_rows,
@@ -60,6 +62,18 @@ def _sections(comparison: Comparison) -> list[tuple[str, str, Table]]:
             score_rows(comparison),
         ),
     ]
+    sections.append(
+        (
+            "Against a model-free reference",
+            "A statistic of the raw image (mean, standard deviation, 1st or 99th percentile of "
+            "its pixels before intensity normalisation; a leading minus: low values are "
+            "abnormal), the one with the best validation AUROC, scored on the same test images: "
+            "what differences in exposure or contrast between normal and abnormal images give "
+            "without a model. Difference of test AUROC with its 95% interval and p-value from "
+            "the paired patient bootstrap.",
+            reference_rows(comparison),
+        )
+    )
     if comparison.paired:
         sections.append(
             (

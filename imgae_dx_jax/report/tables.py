@@ -95,6 +95,33 @@ def paired_rows(comparison: Comparison) -> Table:
     return columns, rows
 
 
+def reference_rows(comparison: Comparison) -> Table:
+    """Per model: its test AUROC against the model-free reference's, paired on patients."""
+    columns = [
+        "model",
+        "AUROC",
+        "reference statistic (val AUROC)",
+        "reference AUROC (95% CI)",
+        "model − reference (95% CI)",
+        "p",
+    ]
+    rows = []
+    for model in comparison.models:
+        ref = model.metrics["reference"]
+        d = ref["difference"]
+        rows.append(
+            [
+                model.name,
+                model.metrics["auroc"],
+                f"{ref['statistic']} ({ref['val_auroc']:.3f})",
+                ci_text(ref["auroc"], ref["auroc_ci"]),
+                f"{d['diff']:+.3f} ({d['ci_low']:+.3f} to {d['ci_high']:+.3f})",
+                d["p_value"],
+            ]
+        )
+    return columns, rows
+
+
 def score_rows(comparison: Comparison) -> Table:
     """Validation AUROC of every candidate image score, one column per model."""
     models = comparison.models
@@ -222,6 +249,7 @@ TRACKED_TABLES: dict[str, Callable[[Comparison], Table]] = {
     "test/per_finding": finding_rows,
     "test/subgroups": subgroup_rows,
     "test/paired_bootstrap": paired_rows,
+    "test/reference": reference_rows,
     "val/scores": score_rows,
 }
 """The tables logged to the experiment tracker, by their W&B key."""

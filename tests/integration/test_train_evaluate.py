@@ -9,6 +9,7 @@ import math
 import pytest
 
 from imgae_dx_jax.evaluate import main as evaluate_main
+from imgae_dx_jax.reference import STATISTICS
 from imgae_dx_jax.train import main as train_main
 
 TINY = {
@@ -54,6 +55,7 @@ def test_train_then_evaluate_on_the_sample(model, tmp_path, capsys):
     assert train_main(args) == 0
     out = capsys.readouterr().out
     assert "AUROC" in out and "Held-out test" in out
+    assert "reference: raw-image " in out  # the model-free floor is printed beside the model
 
     assert (run / "config.yaml").is_file()
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -76,6 +78,16 @@ def test_train_then_evaluate_on_the_sample(model, tmp_path, capsys):
     assert metrics["model"] == model
     counts = metrics["split_counts"]["test"]
     assert (metrics["n_normal"], metrics["n_abnormal"]) == (counts["normal"], counts["abnormal"])
+    # The model-free reference is scored on the same test images and paired with the model.
+    reference = metrics["reference"]
+    assert reference["statistic"].lstrip("-") in STATISTICS
+    assert (reference["n_normal"], reference["n_abnormal"]) == (
+        counts["normal"],
+        counts["abnormal"],
+    )
+    versus = reference["difference"]
+    assert versus["n_images"] == counts["normal"] + counts["abnormal"]
+    assert versus["auroc_a"] == metrics["auroc"] and versus["auroc_b"] == reference["auroc"]
     with (run / "eval" / "scores.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == metrics["n_normal"] + metrics["n_abnormal"]

@@ -11,7 +11,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from imgae_dx_jax.config import load_config
 from imgae_dx_jax.data.nih import FINDINGS, Catalog, Record
-from imgae_dx_jax.evaluation import compare, select_examples
+from imgae_dx_jax.evaluation import REFERENCE, compare, paired, select_examples
 from imgae_dx_jax.metrics import average_precision, bootstrap_ci, image_metrics, roc_auc
 from imgae_dx_jax.metrics.breakdown import age_band, per_finding, subgroups
 from imgae_dx_jax.metrics.curves import (
@@ -231,6 +231,15 @@ def fake_result(name: str, seed: int, run_dir: Path) -> ModelResult:
         data="synthetic",
         skipped={"val": {}, "test": {"corrupt": 1}},
     )
+    reference = synthetic_split(seed + 200)  # a weaker score of the same test images
+    reference = SplitScores(test.records, reference.scores, reference.peaks, {})
+    metrics["reference"] = {
+        "statistic": "-mean",
+        "val_auroc": 0.58,
+        "auroc": roc_auc(test.labels, reference.scores),
+        "auroc_ci": list(bootstrap_ci(test.labels, reference.scores, test.patients, roc_auc)),
+        "difference": paired(name, test, REFERENCE, reference, 200, 0),
+    }
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text(
         '{"step": 2, "loss": 0.5, "loss_enc": 0.1, "images_per_s": 10.0}\n'
@@ -294,6 +303,8 @@ def test_report_files_exist_and_the_html_embeds_every_figure(tmp_path):
         "top5",
         "patient-weighted",
         "Per-finding",
+        "model-free reference",
+        "-mean (0.580)",
         "Subgroup",
         "Localization",
         "Data and splits",
