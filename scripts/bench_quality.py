@@ -13,7 +13,11 @@ both data sets; the ``-last`` variants evaluate the final model) -- on the valid
 only. The held-out test patients give the
 reported figures: AUROC and AUPRC with patient-bootstrap 95% CIs, the patient-weighted AUROC
 (each image weighted by 1 / its patient's image count), sensitivity and specificity at the
-validation-chosen threshold, train and evaluation wall time, epochs and steps.
+validation-chosen threshold, train and evaluation wall time, epochs and steps. Each
+evaluation also scores the model-free reference (the raw-image statistic with the best
+validation AUROC, :func:`imgae_dx_jax.evaluation.evaluate_reference`): a variant's row keeps
+its paired AUROC difference with it (``reference_difference``), and the reference gets a row of
+its own (variant ``image-statistic``, one per data set and size), the floor of the table.
 
 Data sets:
 
@@ -149,6 +153,21 @@ VARIANTS.update(
         for seed in SEEDS
     }
 )
+TEST_FIGURES = (
+    "auroc",
+    "auroc_ci",
+    "auprc",
+    "auprc_ci",
+    "auroc_patient_weighted",
+    "sensitivity",
+    "specificity",
+    "threshold_source",
+    "n_normal",
+    "n_abnormal",
+)
+"""The held-out test figures a row takes from a model's (or the reference's) metrics."""
+REFERENCE = "image-statistic"
+"""The row of the model-free reference (a raw-image statistic) of each data set and size."""
 TABLE_START, TABLE_END = "<!-- quality-table -->", "<!-- /quality-table -->"
 
 
@@ -159,8 +178,8 @@ def run_variant(
     epochs: int | None,
     max_steps: int | None,
     workdir: Path,
-) -> dict[str, Any]:
-    """Train and evaluate one variant in a fresh process; return its figures."""
+) -> list[dict[str, Any]]:
+    """Train and evaluate one variant in a fresh process; return its row and the reference's."""
     family, overrides = VARIANTS[variant]
     run_dir = workdir / f"{dataset}-{variant}-{size}"
     command = [
@@ -196,13 +215,20 @@ def run_variant(
     steps = max((r.get("step", 0) for r in log), default=0)
     scored = [r for r in log if "val_auroc" in r]  # epochs scored for the export's selection
     scored = [r for r in scored if r["stage"] == scored[-1]["stage"]]  # it restarts per stage
-    return {
+    measured = {
+        "date": time.strftime("%Y-%m-%d"),
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        "device": worker["device"],
+    }
+    row = {
         "dataset": dataset,
         "variant": variant,
         "model": family,
         "overrides": overrides,
         "image_size": size,
         **summarise(metrics),
+        "reference_difference": metrics["reference"]["difference"],
         "epochs": worker["epochs"],
         "steps": steps,
         "export": "val_auroc" if scored else "last",
@@ -210,33 +236,40 @@ def run_variant(
         "train_s": round(worker["train_s"], 1),
         "eval_s": round(worker["eval_s"], 1),
         # When and how loaded: train times compare only between rows of an idle machine.
-        "measured": {
-            "date": time.strftime("%Y-%m-%d"),
-            "load_before": round(load_before, 2),
-            "load_after": round(os.getloadavg()[0], 2),
-            "device": worker["device"],
-        },
+        "measured": measured,
+    }
+    return [row, reference_row(dataset, size, metrics["reference"], measured)]
+
+
+def reference_row(
+    dataset: str, size: int, reference: dict[str, Any], measured: dict[str, Any]
+) -> dict[str, Any]:
+    """The row of the model-free reference that a variant's evaluation scored beside it.
+
+    The raw-image statistic with the best validation AUROC
+    (:func:`imgae_dx_jax.evaluation.evaluate_reference`): the same on every variant of a data
+    set and image size, as they share the split.
+    """
+    return {
+        "dataset": dataset,
+        "variant": REFERENCE,
+        "model": None,
+        "overrides": [],
+        "image_size": size,
+        **{key: reference[key] for key in TEST_FIGURES},
+        "score": reference["statistic"],
+        "val_auroc": reference["val_auroc"],
+        "epochs": 0,
+        "steps": 0,
+        "export": "none",
+        "train_s": 0.0,
+        "measured": measured,
     }
 
 
 def summarise(metrics: dict[str, Any]) -> dict[str, Any]:
     """The benchmark's figures out of an evaluation's ``metrics.json``."""
-    keys = (
-        "auroc",
-        "auroc_ci",
-        "auprc",
-        "auprc_ci",
-        "auroc_patient_weighted",
-        "sensitivity",
-        "specificity",
-        "threshold_source",
-        "threshold_rule",
-        "target_specificity",
-        "score",
-        "n_normal",
-        "n_abnormal",
-        "split_counts",
-    )
+    keys = (*TEST_FIGURES, "threshold_rule", "target_specificity", "score", "split_counts")
     figures = {key: metrics[key] for key in keys if key in metrics}
     # The validation AUROC of the chosen score: the figure that options and defaults are
     # compared on (the test figures are reported, never used to choose).
@@ -319,7 +352,7 @@ def exported(row: dict[str, Any]) -> str:
     """Which model a row evaluated: the last, or the epoch of best validation AUROC."""
     if row.get("export") == "val_auroc":
         return f"best validation AUROC (step {row['exported_step']})"
-    return "last"
+    return "none (no model)" if row["variant"] == REFERENCE else "last"
 
 
 def write_readme(readme: Path, data: dict[str, Any]) -> None:
@@ -352,15 +385,17 @@ def main() -> None:
         workdir = args.keep or Path(tmp)
         for dataset in args.datasets:
             for variant in args.variants:
-                row = run_variant(dataset, variant, args.size, args.epochs, args.max_steps, workdir)
-                print(json.dumps(row), flush=True)
+                rows = run_variant(
+                    dataset, variant, args.size, args.epochs, args.max_steps, workdir
+                )
+                print(json.dumps(rows[0]), flush=True)
                 machine = {
                     "cpus": os.cpu_count(),
                     "platform": platform.platform(),
                     "python": platform.python_version(),
                 }
                 # Written after every variant, so that an interrupted run keeps what it measured.
-                data = merge(args.out, [row], machine)
+                data = merge(args.out, rows, machine)
                 if args.readme:
                     write_readme(args.readme, data)
     print(table(data))

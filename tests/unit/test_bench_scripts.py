@@ -97,6 +97,31 @@ def test_quality_table_shows_the_validation_auroc_used_to_choose():
     assert quality.summarise(metrics)["val_auroc"] == 0.97
 
 
+def test_each_evaluation_adds_the_row_of_the_model_free_reference_it_scored():
+    quality = load("bench_quality")
+    reference = {
+        "statistic": "-mean",
+        "val_auroc": 0.628,
+        "auroc": 0.595,
+        "auroc_ci": [0.48, 0.708],
+        "auprc": 0.644,
+        "auprc_ci": [0.385, 0.788],
+        "auroc_patient_weighted": 0.553,
+        "sensitivity": 0.14,
+        "specificity": 0.93,
+        "threshold_source": "validation split, 95% specificity on normals",
+        "n_normal": 104,
+        "n_abnormal": 133,
+        "difference": {"diff": 0.038},
+    }
+    measured = {"date": "2026-12-04", "load_before": 0.1, "load_after": 0.3, "device": "cpu: cpu"}
+    row = quality.reference_row("nih", 64, reference, measured)
+    assert (row["variant"], row["score"], row["val_auroc"]) == ("image-statistic", "-mean", 0.628)
+    line = quality.table({"results": [row]}).splitlines()[-1]
+    assert line.startswith("| nih | image-statistic | 64 | 0.628 | 0.595 (0.480-0.708) | 0.553 |")
+    assert "| -mean | 0.14 / 0.93 | 0 (0) | none (no model) | 0 |" in line
+
+
 def test_every_quality_command_in_the_docs_names_known_variants_and_data_sets():
     """A ``bench-quality`` command in the README or docs runs: its variants and data sets exist
     (argparse would reject an unknown one)."""
