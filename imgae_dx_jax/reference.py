@@ -34,14 +34,16 @@ STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 """Statistics of an image's pixels (rows of ``[N, pixels]`` in [0, 1]) -> one value each:
 exposure (mean), contrast (std), and the dark and bright ends of the histogram."""
+CANDIDATES = tuple(f"{sign}{name}" for name in STATISTICS for sign in ("", "-"))
+"""The reference's candidate scores: each statistic, and its negative (a low value abnormal)."""
 
 
 def candidate_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
     """Every reference candidate of a uint8 batch ``[N, H, W(, C)]``: each statistic, both signs.
 
     Returns:
-        ``{"mean": ..., "-mean": ..., "std": ..., ...}``: float64 scores, one per image,
-        higher meaning more abnormal.
+        ``{"mean": ..., "-mean": ..., "std": ..., ...}`` (the order of :data:`CANDIDATES`):
+        float64 scores, one per image, higher meaning more abnormal.
     """
     flat = images.reshape(len(images), -1).astype(np.float64) / 255.0
     out: dict[str, np.ndarray] = {}
@@ -71,9 +73,10 @@ def reference_scores(
             bar.update(len(batch["index"]))
         bar.update(len(skips))
     order = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int32)
-    names = [*candidate_statistics(np.zeros((1, 1, 1), np.uint8))]
-    joined = {name: np.concatenate([p[name] for p in parts] or [np.zeros(0)]) for name in names}
-    first = joined[names[0]]
+    joined = {
+        name: np.concatenate([p[name] for p in parts] or [np.zeros(0)]) for name in CANDIDATES
+    }
+    first = joined[CANDIDATES[0]]
     return SplitScores(
         records=tuple(source.records[i] for i in order),
         scores=first,

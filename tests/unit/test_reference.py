@@ -11,7 +11,7 @@ from imgae_dx_jax.config import load_config
 from imgae_dx_jax.data.nih import Catalog, Record
 from imgae_dx_jax.data.split import Splits
 from imgae_dx_jax.metrics.image import roc_auc
-from imgae_dx_jax.reference import STATISTICS, candidate_statistics
+from imgae_dx_jax.reference import CANDIDATES, candidate_statistics
 from imgae_dx_jax.results import SplitScores
 
 
@@ -19,7 +19,9 @@ def test_candidates_are_each_statistic_of_the_raw_pixels_in_both_directions():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(5, 8, 8, 1), dtype=np.uint8)
     out = candidate_statistics(images)
-    assert list(out) == [f"{sign}{name}" for name in STATISTICS for sign in ("", "-")]
+    assert (
+        tuple(out) == CANDIDATES == ("mean", "-mean", "std", "-std", "p01", "-p01", "p99", "-p99")
+    )
     pixels = images.reshape(5, -1) / 255.0
     np.testing.assert_allclose(out["mean"], pixels.mean(axis=1))
     np.testing.assert_allclose(out["std"], pixels.std(axis=1))
@@ -51,14 +53,13 @@ def fake_reference_scores(separating: dict[str, str]):
     def score(recs, store, config, *, desc) -> SplitScores:
         labels = np.array([r.label for r in recs], float)
         rng = np.random.default_rng(len(recs))
-        names = list(candidate_statistics(np.zeros((1, 1, 1), np.uint8)))
         by_score = {}
-        for name in names:
+        for name in CANDIDATES:
             values = rng.normal(size=len(recs)) + (
                 4.0 * labels if name == separating[recs[0].key[0]] else 0
             )
             by_score[name] = (values, values)
-        first = by_score[names[0]][0]
+        first = by_score[CANDIDATES[0]][0]
         return SplitScores(tuple(recs), first, first, {}, by_score=by_score)
 
     return score
