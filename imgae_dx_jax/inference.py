@@ -19,10 +19,10 @@ the score, and its maps are the post-processed maps that candidate is computed f
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,8 @@ from imgae_dx_jax.memory import release_memory
 from imgae_dx_jax.progress import progress_bar
 from imgae_dx_jax.results import SplitScores
 from imgae_dx_jax.schema import SCORES, Config
+
+T = TypeVar("T")
 
 MEDIAN_SIZE = 5
 """Side of the median filter applied to the maps of the ``top<k>`` scores."""
@@ -230,6 +232,46 @@ class Scorer:
         )
 
 
+def scan_split(
+    records: Sequence[Record],
+    store: Store,
+    config: Config,
+    batch_size: int,
+    each: Callable[[np.ndarray], T],
+    *,
+    desc: str,
+) -> tuple[tuple[Record, ...], list[T], dict[str, int]]:
+    """Apply ``each`` to every batch of the readable images of ``records``, with a progress bar.
+
+    Images are read at ``data.image_size`` (:class:`~imgae_dx_jax.data.pipeline.ImageSource`:
+    the stage cache, else the store); unreadable ones are skipped and counted.
+
+    Args:
+        records: the images.
+        store: where their bytes are.
+        config: the image size and decoding threads.
+        batch_size: images per batch (the last may be smaller).
+        each: uint8 images ``[B, H, W, 1]`` -> the batch's result.
+        desc: what the progress bar says is being done.
+
+    Returns:
+        ``(kept, results, skipped)``: the readable records in the order of ``records``, the
+        batches' results in that order, and the number of skipped images per reason.
+    """
+    skips = SkipLog()
+    source = ImageSource(records, store, config.data.image_size, skips)
+    indices: list[np.ndarray] = []
+    results: list[T] = []
+    with progress_bar(desc, len(records), "img") as bar:
+        for batch in eval_dataset(source, batch_size, config.data.num_threads):
+            results.append(each(batch["image"]))
+            indices.append(batch["index"])
+            bar.update(len(batch["index"]))
+        bar.update(len(skips))  # the unreadable images are done with too
+    order = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int32)
+    return tuple(source.records[i] for i in order), results, skips.by_reason()
+
+
 def score_split(
     scorer: Scorer,
     config: Config,
@@ -252,22 +294,15 @@ def score_split(
     Returns:
         The scores of the readable images, in the order of ``records``.
     """
-    skips = SkipLog()
-    source = ImageSource(records, store, config.data.image_size, skips)
-    indices: list[np.ndarray] = []
-    results: list[Inference] = []
     images: list[np.ndarray] = []
-    with progress_bar(desc, len(records), "img") as bar:
-        for batch in eval_dataset(source, scorer.batch_size, config.data.num_threads):
-            results.append(scorer(batch["image"], keep_maps=keep_maps))
-            indices.append(batch["index"])
-            if keep_maps:
-                images.append(batch["image"][..., 0])
-            bar.update(len(batch["index"]))
-        bar.update(len(skips))  # the unreadable images are done with too
+
+    def each(batch: np.ndarray) -> Inference:
+        if keep_maps:
+            images.append(batch[..., 0])
+        return scorer(batch, keep_maps=keep_maps)
+
+    kept, results, skipped = scan_split(records, store, config, scorer.batch_size, each, desc=desc)
     release_memory()  # the batches' buffers (and the first call's compilation)
-    order = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int32)
-    kept = tuple(source.records[i] for i in order)
 
     def join(name: str) -> np.ndarray:
         return np.concatenate([getattr(r, name) for r in results]) if results else np.zeros(0)
@@ -278,7 +313,7 @@ def score_split(
         kept,
         join("scores"),
         join("peaks"),
-        skips.by_reason(),
+        skipped,
         np.concatenate(images) if keep_maps and images else None,
         join("reconstructions") if keep_maps else None,
         join("maps") if keep_maps else None,

@@ -21,8 +21,7 @@ import numpy as np
 
 from imgae_dx_jax.data import Store
 from imgae_dx_jax.data.nih import Record
-from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset
-from imgae_dx_jax.progress import progress_bar
+from imgae_dx_jax.inference import scan_split
 from imgae_dx_jax.results import SplitScores
 from imgae_dx_jax.schema import Config
 
@@ -58,29 +57,21 @@ def reference_scores(
 ) -> SplitScores:
     """The reference candidates of every readable image of ``records`` (unreadable: skipped).
 
-    Images are read as a model's scoring reads them (:class:`ImageSource`, at
-    ``data.image_size``). ``by_score`` holds every candidate (its scores serve as the map
+    Images are read as a model's scoring reads them (:func:`~imgae_dx_jax.inference.scan_split`,
+    at ``data.image_size``). ``by_score`` holds every candidate (its scores serve as the map
     maxima too: there is no map); ``scores`` is the first candidate's.
     """
-    skips = SkipLog()
-    source = ImageSource(records, store, config.data.image_size, skips)
-    indices: list[np.ndarray] = []
-    parts: list[dict[str, np.ndarray]] = []
-    with progress_bar(desc, len(records), "img") as bar:
-        for batch in eval_dataset(source, config.eval.batch_size, config.data.num_threads):
-            parts.append(candidate_statistics(batch["image"]))
-            indices.append(batch["index"])
-            bar.update(len(batch["index"]))
-        bar.update(len(skips))
-    order = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int32)
+    kept, parts, skipped = scan_split(
+        records, store, config, config.eval.batch_size, candidate_statistics, desc=desc
+    )
     joined = {
         name: np.concatenate([p[name] for p in parts] or [np.zeros(0)]) for name in CANDIDATES
     }
     first = joined[CANDIDATES[0]]
     return SplitScores(
-        records=tuple(source.records[i] for i in order),
+        records=kept,
         scores=first,
         peaks=first,
-        skipped=skips.by_reason(),
+        skipped=skipped,
         by_score={name: (values, values) for name, values in joined.items()},
     )
