@@ -352,7 +352,7 @@ def exported(row: dict[str, Any]) -> str:
     """Which model a row evaluated: the last, or the epoch of best validation AUROC."""
     if row.get("export") == "val_auroc":
         return f"best validation AUROC (step {row['exported_step']})"
-    return "none (no model)" if row["variant"] == REFERENCE else "last"
+    return "none (no model)" if row.get("export") == "none" else "last"
 
 
 def write_readme(readme: Path, data: dict[str, Any]) -> None:
