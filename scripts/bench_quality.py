@@ -306,13 +306,20 @@ def worker(run_dir: Path, train_args: list[str]) -> None:
 
 
 def merge(out: Path, rows: list[dict[str, Any]], machine: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``rows`` into the JSON file ``out`` (same data set, variant and size replaced)."""
+    """Merge ``rows`` into the JSON file ``out`` (same data set, variant and size replaced).
+
+    ``machine`` (CPUs, platform) is that of the CPU rows, whose train times it qualifies: rows
+    measured on an accelerator name their device in their own ``measured`` and leave it as is.
+    """
     data: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {"results": []}
     key = ("dataset", "variant", "image_size")
     fresh = {tuple(r[k] for k in key) for r in rows}
     kept = [r for r in data["results"] if tuple(r[k] for k in key) not in fresh]
-    data["results"] = sorted(kept + rows, key=lambda r: tuple(str(r[k]) for k in key))
-    data["machine"] = machine
+    # Grouped by data set, then size (the 64 px CPU rows, then the accelerators' 128 px ones).
+    order = ("dataset", "image_size", "variant")
+    data["results"] = sorted(kept + rows, key=lambda r: tuple(r[k] for k in order))
+    if all(r["measured"]["device"].startswith("cpu") for r in rows):
+        data["machine"] = machine
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2) + "\n")
     return data
@@ -359,8 +366,11 @@ def write_readme(readme: Path, data: dict[str, Any]) -> None:
     """Replace the text between the quality-table markers of ``readme``."""
     text = readme.read_text()
     start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
-    machine = data["machine"]
-    note = f"\n\nMachine of the last run: {machine['cpus']} CPUs, {machine['platform']}.\n\n"
+    note = "\n\nRows measured on an accelerator name it in their last column"
+    if "machine" in data:  # absent while every row is an accelerator's
+        machine = data["machine"]
+        note += f"; the others: {machine['cpus']} CPUs, {machine['platform']}"
+    note += ".\n\n"
     readme.write_text(text[:start] + note + table(data) + "\n" + text[end:])
 
 

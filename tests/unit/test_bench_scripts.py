@@ -97,6 +97,35 @@ def test_quality_table_shows_the_validation_auroc_used_to_choose():
     assert quality.summarise(metrics)["val_auroc"] == 0.97
 
 
+def test_rows_of_an_accelerator_leave_the_machine_of_the_cpu_rows(tmp_path):
+    quality = load("bench_quality")
+    out, readme = tmp_path / "quality.json", tmp_path / "README.md"
+    readme.write_text(f"intro\n{quality.TABLE_START}\nold\n{quality.TABLE_END}\nend\n")
+
+    def row(variant: str, size: int, device: str) -> dict:
+        measured = {"date": "2026-12-04", "load_before": 0.1, "load_after": 0.2, "device": device}
+        figures = {"auroc": 0.9, "auroc_ci": [0.8, 0.95], "auprc": 0.9, "auprc_ci": [0.8, 0.95]}
+        key = {"dataset": "pediatric", "variant": variant, "image_size": size}
+        return {**key, **figures, "epochs": 5, "steps": 305, "train_s": 9.0, "measured": measured}
+
+    gpu = {"cpus": 16, "platform": "gpu-host"}
+    quality.write_readme(readme, quality.merge(out, [row("ae", 128, "gpu: NVIDIA H200")], gpu))
+    assert "machine" not in quality.json.loads(out.read_text())
+    assert "last column.\n\n| data set" in readme.read_text()
+    quality.merge(out, [row("ae", 64, "cpu: cpu")], {"cpus": 2, "platform": "cpu-host"})
+    data = quality.merge(out, [row("unet", 128, "gpu: NVIDIA H200")], gpu)
+    assert data["machine"] == {"cpus": 2, "platform": "cpu-host"}
+    assert [(r["variant"], r["image_size"]) for r in data["results"]] == [
+        ("ae", 64),
+        ("ae", 128),
+        ("unet", 128),
+    ]
+    quality.write_readme(readme, data)
+    text = readme.read_text()
+    assert "last column; the others: 2 CPUs, cpu-host.\n\n| data set" in text
+    assert text.startswith("intro\n") and text.endswith("\nend\n") and "old" not in text
+
+
 def test_each_evaluation_adds_the_row_of_the_model_free_reference_it_scored():
     quality = load("bench_quality")
     reference = {
