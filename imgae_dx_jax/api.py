@@ -176,7 +176,20 @@ def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
         f"{metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}, "
         f"F1 {metrics['f1']:.3f}"
     )
+    if (line := localization_line(metrics)) is not None:
+        print(f"  {line}")
     print(f"  {reference_line(metrics)}")
+
+
+def localization_line(metrics: dict[str, Any]) -> str | None:
+    """The localization against the NIH boxes (one line), or None where no test image has one."""
+    loc = metrics["localization"]
+    if loc["pixel_auroc"] is None:
+        return None
+    return (
+        f"localization on {loc['n_images']} boxed images ({loc['n_boxes']} boxes): pixel AUROC "
+        f"{loc['pixel_auroc']:.3f}, pointing game {loc['pointing_game']:.3f}"
+    )
 
 
 def reference_line(metrics: dict[str, Any]) -> str:
@@ -211,13 +224,8 @@ def print_comparison(comparison: Comparison) -> None:
             f"{m['val_specificity']:.3f}): test sens {m['sensitivity']:.3f} "
             f"spec {m['specificity']:.3f} F1 {m['f1']:.3f}"
         )
-        loc = m["localization"]
-        if loc["pixel_auroc"] is not None:
-            print(
-                f"  {'':{width}s}  localization on {loc['n_images']} boxed images "
-                f"({loc['n_boxes']} boxes): pixel AUROC {loc['pixel_auroc']:.3f}, "
-                f"pointing game {loc['pointing_game']:.3f}"
-            )
+        if (line := localization_line(m)) is not None:
+            print(f"  {'':{width}s}  {line}")
         print(f"  {'':{width}s}  {reference_line(m)}")
     for d in comparison.paired:
         print(

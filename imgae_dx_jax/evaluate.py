@@ -26,9 +26,11 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         wandb=args.wandb,
     )
-    if len(comparison.models) == 1:
+    if len(comparison.models) == 1:  # the summary holds all a one-model table would repeat
         api.print_summary(comparison.models[0].metrics, args.run[0])
-    api.print_comparison(comparison)
+        print(f"Report: {comparison.files['report_html']}")
+    else:
+        api.print_comparison(comparison)
     return 0
 
 

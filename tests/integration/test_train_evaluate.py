@@ -70,6 +70,10 @@ def test_train_then_evaluate_on_the_sample(model, tmp_path, capsys):
 
     (run / "eval").rename(tmp_path / "first_eval")
     assert evaluate_main(["--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    # One run: its summary, once (no one-model comparison table repeating it), and the report.
+    assert out.count("AUROC") > 1 and out.count("reference: raw-image ") == 1
+    assert out.count("Held-out test") == 1 and f"Report: {run / 'eval'}" in out
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     for key in KEYS:
         assert key in metrics, key
