@@ -220,6 +220,7 @@ def run_variant(
         "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),
         "device": worker["device"],
+        "precision": worker["precision"],
     }
     row = {
         "dataset": dataset,
@@ -285,6 +286,7 @@ def worker(run_dir: Path, train_args: list[str]) -> None:
     from imgae_dx_jax.cli import overrides_from_args, train_parser
     from imgae_dx_jax.config import load_config
     from imgae_dx_jax.evaluation import evaluate_run
+    from imgae_dx_jax.runtime import training_precision
     from imgae_dx_jax.training import train
 
     args = train_parser().parse_args(train_args)
@@ -301,6 +303,7 @@ def worker(run_dir: Path, train_args: list[str]) -> None:
         "eval_s": done - trained,
         "epochs": config.train.epochs,
         "device": f"{device.platform}: {device.device_kind}",  # where train_s was taken
+        "precision": training_precision(config.train.precision),  # auto: bf16 on most GPUs
     }
     print(json.dumps(line), flush=True)
 
@@ -342,6 +345,8 @@ def table(data: dict[str, Any]) -> str:
         )
         if when and not when.get("device", "cpu").startswith("cpu"):
             measured += f", {when['device']}"  # an accelerator's train time is not a CPU's
+        if when and when.get("precision", "float32") != "float32":
+            measured += f", {when['precision']}"
         lines.append(
             f"| {r['dataset']} | {r['variant']} | {r['image_size']} "
             f"| {'-' if val is None else f'{val:.3f}'} "
@@ -366,10 +371,13 @@ def write_readme(readme: Path, data: dict[str, Any]) -> None:
     """Replace the text between the quality-table markers of ``readme``."""
     text = readme.read_text()
     start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
-    note = "\n\nRows measured on an accelerator name it in their last column"
+    note = (
+        "\n\nIn the last column, rows measured on an accelerator name it, and rows not trained "
+        "in float32 their precision"
+    )
     if "machine" in data:  # absent while every row is an accelerator's
         machine = data["machine"]
-        note += f"; the others: {machine['cpus']} CPUs, {machine['platform']}"
+        note += f"; the CPU rows ran on {machine['cpus']} CPUs, {machine['platform']}"
     note += ".\n\n"
     readme.write_text(text[:start] + note + table(data) + "\n" + text[end:])
 

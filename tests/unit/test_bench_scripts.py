@@ -93,6 +93,9 @@ def test_quality_table_shows_the_validation_auroc_used_to_choose():
     row["measured"]["device"] = "gpu: NVIDIA H200"  # an accelerator is named, a CPU is not
     line = quality.table({"results": [row]}).splitlines()[-1]
     assert line.endswith("| 88 | 2026-12-03 (0.1-1.3), gpu: NVIDIA H200 |")
+    row["measured"]["precision"] = "bf16"  # a precision other than float32 is named
+    line = quality.table({"results": [row]}).splitlines()[-1]
+    assert line.endswith("| 88 | 2026-12-03 (0.1-1.3), gpu: NVIDIA H200, bf16 |")
     metrics = {"auroc": 0.96, "score": "top10", "score_val_auroc": {"mean": 0.9, "top10": 0.97}}
     assert quality.summarise(metrics)["val_auroc"] == 0.97
 
@@ -111,7 +114,7 @@ def test_rows_of_an_accelerator_leave_the_machine_of_the_cpu_rows(tmp_path):
     gpu = {"cpus": 16, "platform": "gpu-host"}
     quality.write_readme(readme, quality.merge(out, [row("ae", 128, "gpu: NVIDIA H200")], gpu))
     assert "machine" not in quality.json.loads(out.read_text())
-    assert "last column.\n\n| data set" in readme.read_text()
+    assert "in float32 their precision.\n\n| data set" in readme.read_text()
     quality.merge(out, [row("ae", 64, "cpu: cpu")], {"cpus": 2, "platform": "cpu-host"})
     data = quality.merge(out, [row("unet", 128, "gpu: NVIDIA H200")], gpu)
     assert data["machine"] == {"cpus": 2, "platform": "cpu-host"}
@@ -122,7 +125,7 @@ def test_rows_of_an_accelerator_leave_the_machine_of_the_cpu_rows(tmp_path):
     ]
     quality.write_readme(readme, data)
     text = readme.read_text()
-    assert "last column; the others: 2 CPUs, cpu-host.\n\n| data set" in text
+    assert "their precision; the CPU rows ran on 2 CPUs, cpu-host.\n\n| data set" in text
     assert text.startswith("intro\n") and text.endswith("\nend\n") and "old" not in text
 
 
