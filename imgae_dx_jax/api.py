@@ -186,9 +186,11 @@ def localization_line(metrics: dict[str, Any]) -> str | None:
     loc = metrics["localization"]
     if loc["pixel_auroc"] is None:
         return None
+    images, boxes = loc["n_images"], loc["n_boxes"]
     return (
-        f"localization on {loc['n_images']} boxed images ({loc['n_boxes']} boxes): pixel AUROC "
-        f"{loc['pixel_auroc']:.3f}, pointing game {loc['pointing_game']:.3f}"
+        f"localization on {images} boxed image{'s' * (images != 1)} ({boxes} "
+        f"box{'es' * (boxes != 1)}): pixel AUROC {loc['pixel_auroc']:.3f}, pointing game "
+        f"{loc['pointing_game']:.3f}"
     )
 
 

@@ -44,6 +44,13 @@ def metrics(pixel_auroc: float | None) -> dict:
     }
 
 
+def test_one_boxed_image_is_counted_in_the_singular(capsys):
+    figures = metrics(0.45)
+    figures["localization"].update(n_images=1, n_boxes=1)
+    print_summary(figures, Path("runs/x"))
+    assert "localization on 1 boxed image (1 box): pixel AUROC 0.450" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("boxed", [True, False])
 def test_summary_shows_the_localization_only_where_test_images_have_boxes(boxed, capsys):
     print_summary(metrics(0.71 if boxed else None), Path("runs/x"))
