@@ -221,6 +221,7 @@ def run_variant(
         "load_after": round(os.getloadavg()[0], 2),
         "device": worker["device"],
         "precision": worker["precision"],
+        "cpu": cpu_model(),  # machines of one platform string differ (and round differently)
     }
     row = {
         "dataset": dataset,
@@ -240,6 +241,16 @@ def run_variant(
         "measured": measured,
     }
     return [row, reference_row(dataset, size, metrics["reference"], measured)]
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux), else what platform reports."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
 
 def reference_row(
