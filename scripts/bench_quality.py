@@ -310,14 +310,13 @@ def worker(run_dir: Path, train_args: list[str]) -> None:
     from imgae_dx_jax.cli import overrides_from_args, train_parser
     from imgae_dx_jax.config import load_config
     from imgae_dx_jax.evaluation import evaluate_run
-    from imgae_dx_jax.runtime import training_precision
     from imgae_dx_jax.training import train
 
     args = train_parser().parse_args(train_args)
     config = load_config(args.config, overrides_from_args(args))
     logs.setup_logging(False)
     start = time.perf_counter()
-    train(config, run_dir, resume="never", overwrite=True)
+    result = train(config, run_dir, resume="never", overwrite=True)
     trained = time.perf_counter()
     evaluate_run(run_dir)
     done = time.perf_counter()
@@ -327,7 +326,7 @@ def worker(run_dir: Path, train_args: list[str]) -> None:
         "eval_s": done - trained,
         "epochs": config.train.epochs,
         "device": f"{device.platform}: {device.device_kind}",  # where train_s was taken
-        "precision": training_precision(config.train.precision),  # auto: bf16 on most GPUs
+        "precision": result.precision,  # train.precision auto: bf16 on most GPUs
     }
     print(json.dumps(line), flush=True)
 

@@ -50,6 +50,8 @@ class Trainer:
     """(state, images) -> (inputs, reconstructions, anomaly maps), replicated."""
     learning_rate: Callable[[int], float]
     """step -> the learning rate of that optimiser step (for logging)."""
+    precision: str
+    """``train.precision`` resolved on the mesh's devices: ``bf16`` or ``float32``."""
 
     def model_and_optimizers(self) -> tuple[nnx.Module, dict[str, nnx.Optimizer]]:
         """Rebuild the nnx objects from the current state."""
@@ -80,7 +82,8 @@ def build_trainer(config: Config, mesh: jax.sharding.Mesh, total_steps: int) -> 
     computes in bfloat16 (it casts its input batch on entry) while parameters, optimiser
     state, outputs and losses stay float32.
     """
-    dtype = compute_dtype(training_precision(config.train.precision, list(mesh.devices.flat)))
+    precision = training_precision(config.train.precision, list(mesh.devices.flat))
+    dtype = compute_dtype(precision)
     objective = get_objective(config.model, config.train, total_steps)
 
     def create() -> tuple[nnx.Module, dict[str, nnx.Optimizer]]:
@@ -140,4 +143,5 @@ def build_trainer(config: Config, mesh: jax.sharding.Mesh, total_steps: int) -> 
         eval_step,
         sample_step,
         partial(optim.learning_rate_at, config.train, base_lr, total_steps),
+        precision,
     )

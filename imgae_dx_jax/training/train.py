@@ -43,7 +43,7 @@ def log_split_counts(splits: Splits) -> None:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What :func:`train` leaves: the run's config and the trained model."""
+    """What :func:`train` leaves: the run's config, the trained model and its precision."""
 
     config: Config
     """As saved in ``run_dir/config.yaml``: ``data.stages`` lists every stage trained so far,
@@ -51,6 +51,9 @@ class TrainResult:
     it ignores them.)"""
     model: nnx.Module
     """The trained model (arrays on the mesh's devices)."""
+    precision: str
+    """What it trained in: ``train.precision`` resolved on the devices (``bf16`` or
+    ``float32``)."""
 
 
 def train(
@@ -69,7 +72,7 @@ def train(
     started here, once the run directory is known to be usable.
 
     Returns:
-        The run's config and the trained model.
+        The run's config, the trained model and the precision it trained in.
 
     Raises:
         RunDirError: when the run directory holds an incompatible run.
@@ -180,7 +183,7 @@ def train(
         finished = True
     finally:
         checkpoints.close(raise_errors=finished)
-    return TrainResult(run_config, trainer.model_and_optimizers()[0])
+    return TrainResult(run_config, trainer.model_and_optimizers()[0], trainer.precision)
 
 
 def _with_stages(config: Config, stages: list[str]) -> Config:

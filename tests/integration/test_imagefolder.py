@@ -212,6 +212,7 @@ def test_a_run_resumed_with_last_exports_its_last_model(tmp_path, monkeypatch):
     real_run = ValidationAUROC.run
     monkeypatch.setattr(ValidationAUROC, "run", lambda *a: {**real_run(*a), "val_auroc": 1.0})
     first = train(_small_config(tree, "auto", epochs=1), tmp_path / "run")
+    assert first.precision == "float32"  # train.precision auto, on the CPU
     assert _exports_the_final_model(tmp_path / "run", first)  # epoch 1, chosen
     resumed = train(_small_config(tree, "last", epochs=2), tmp_path / "run")
     assert _exports_the_final_model(tmp_path / "run", resumed)

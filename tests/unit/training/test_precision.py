@@ -64,11 +64,13 @@ def one_step(name: str, precision: str):
 @pytest.mark.parametrize("name", ["unet", "ae"])
 def test_bf16_step_float32_state_and_close_loss(name):
     trainer, metrics = one_step(name, "bf16")
+    assert trainer.precision == "bf16"
     assert floating_dtypes(trainer.state) == {jnp.dtype(jnp.float32)}
     assert all(v.dtype == jnp.float32 for v in metrics.values())
     loss = float(metrics["loss"])
     assert np.isfinite(loss)
-    _, reference = one_step(name, "float32")
+    float32, reference = one_step(name, "float32")
+    assert float32.precision == "float32"
     np.testing.assert_allclose(loss, float(reference["loss"]), rtol=5e-2)
 
 
