@@ -230,6 +230,20 @@ def check_param_counts(model: str, torch_params: int, flax: dict[str, dict[str, 
             )
 
 
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux), else what platform reports.
+
+    Machines of one platform string differ in speed and in how they round, so every benchmark
+    records it beside its figures.
+    """
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
 def machine_was_idle(loads: list[list[float]], cpus: int | None = None) -> bool:
     """Whether every round ran with a load average at or below the number of cores.
 
@@ -468,6 +482,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {
         "machine": {
             "platform": platform.platform(),
+            "cpu": cpu_model(),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "jax": jax.__version__,

@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {
         "machine": {
             "platform": platform.platform(),
+            "cpu": bench.cpu_model(),
             "cpus": os.cpu_count(),
             "jax": jax.__version__,
             "backend": jax.default_backend(),

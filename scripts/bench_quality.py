@@ -45,7 +45,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # the machine description shared by the benchmarks
+
+ROOT = bench.ROOT
 PEDIATRIC = ROOT / "benchmarks" / "data" / "pediatric-pneumonia-dev.zip"
 
 DATASETS: dict[str, list[str]] = {
@@ -234,7 +237,7 @@ def run_variant(
         "load_after": round(os.getloadavg()[0], 2),
         "device": worker["device"],
         "precision": worker["precision"],
-        "cpu": cpu_model(),  # machines of one platform string differ (and round differently)
+        "cpu": bench.cpu_model(),  # machines of one platform string differ (and round differently)
     }
     row = {
         "dataset": dataset,
@@ -254,16 +257,6 @@ def run_variant(
         "measured": measured,
     }
     return [row, reference_row(dataset, size, metrics["reference"], measured)]
-
-
-def cpu_model() -> str:
-    """The processor's model name (``/proc/cpuinfo`` on Linux), else what platform reports."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def reference_row(
