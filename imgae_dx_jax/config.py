@@ -203,6 +203,8 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
             fail(f"model.{family}.widths", "a non-empty list of positive channel counts expected")
         if getattr(m, family).learning_rate <= 0:
             fail(f"model.{family}.learning_rate", "must be > 0")
+        if getattr(m, family).validations_per_epoch < 1:
+            fail(f"model.{family}.validations_per_epoch", "must be >= 1")
     one_of("model.fast_path", m.fast_path, FAST_PATHS, "value")
     one_of("model.unet.mode", m.unet.mode, UNET_MODES, "mode")
     for w in m.unet.widths:

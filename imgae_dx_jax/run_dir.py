@@ -47,7 +47,7 @@ EXPORT = "export"
 EXPORT_MODEL = "model"
 THRESHOLD = "threshold.json"
 RESUME_MODES = ("auto", "never")
-_SAFE_MODEL_KEYS = ("learning_rate", "noise_roll", "noise")
+_SAFE_MODEL_KEYS = ("learning_rate", "noise_roll", "noise", "validations_per_epoch")
 _MODEL_NEUTRAL_SECTIONS = ("eval", "run", "tracking")
 _MODEL_NEUTRAL_KEYS = (
     "data.source",

@@ -113,6 +113,10 @@ class UNetConfig:
     bottleneck is the last level's feature map)."""
     learning_rate: float
     """Learning rate (optimiser: ``train.optimizer``)."""
+    validations_per_epoch: int
+    """Validation points per epoch, evenly spaced, the last at the epoch's end: at each, the
+    validation loss, with ``train.select_checkpoint`` ``val_auroc`` the validation AUROC (and
+    the export when it is the best), and a checkpoint."""
 
     @property
     def downsamplings(self) -> int:
@@ -141,6 +145,10 @@ class RAConfig:
     times the encoder saliency)."""
     learning_rate: float
     """Learning rate of both the encoder and the decoder optimiser."""
+    validations_per_epoch: int
+    """Validation points per epoch, evenly spaced, the last at the epoch's end: at each, the
+    validation loss, with ``train.select_checkpoint`` ``val_auroc`` the validation AUROC (and
+    the export when it is the best), and a checkpoint."""
 
     @property
     def downsamplings(self) -> int:
@@ -168,6 +176,10 @@ class AEConfig:
     maps); unused with one member."""
     learning_rate: float
     """Learning rate (optimiser: ``train.optimizer``)."""
+    validations_per_epoch: int
+    """Validation points per epoch, evenly spaced, the last at the epoch's end: at each, the
+    validation loss, with ``train.select_checkpoint`` ``val_auroc`` the validation AUROC (and
+    the export when it is the best), and a checkpoint."""
 
     @property
     def downsamplings(self) -> int:
@@ -225,7 +237,7 @@ class TrainConfig:
     """The model that becomes the export (what evaluation and prediction load): ``last``,
     the model after the last step, or ``val_auroc``, the epoch (of the last stage) whose
     validation AUROC is the highest; the validation patients' normal and abnormal images are
-    scored after every epoch (:mod:`imgae_dx_jax.training.selection`)."""
+    scored at every validation point (:mod:`imgae_dx_jax.training.selection`)."""
     precision: str = "auto"
     """Computation dtype of the convolutions and linear layers while training: ``float32``,
     ``bf16`` (bfloat16) with float32 parameters, optimiser state, losses and outputs, or

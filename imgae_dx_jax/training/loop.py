@@ -72,6 +72,14 @@ def step_budget(config: Config, splits: Splits, stages: Sequence[str]) -> int:
     )
 
 
+def validation_points(steps_per_epoch: int, per_epoch: int) -> list[int]:
+    """The steps of an epoch after which the model is validated (``validations_per_epoch``).
+
+    Evenly spaced, the last the epoch's end; never more than one per step.
+    """
+    return sorted({max(1, round(steps_per_epoch * k / per_epoch)) for k in range(1, per_epoch + 1)})
+
+
 def validation_loss(
     trainer: Trainer, source: ImageSource, config: Config, mesh: jax.sharding.Mesh, step: int
 ) -> dict[str, float]:
@@ -117,6 +125,9 @@ class Progress:
     """``train.select_checkpoint=val_auroc``: the best validation AUROC of the stage in
     progress (or of the last stage), whose model is the export."""
     best_auroc_step: int | None = None
+    validated_step: int | None = None
+    """The step of the last validation: a run resumed at a validation point that was not
+    validated yet (stopped right after its last step) validates it first."""
 
     def trains(self, config: Config, stages: Sequence[str]) -> bool:
         """Whether training ``stages`` on from here takes any optimiser step.
@@ -256,30 +267,16 @@ class TrainingLoop:
             epoch_steps,
             cfg.train.epochs,
         )
+        points = validation_points(epoch_steps, cfg.model.family.validations_per_epoch)
         with stop_on_signals() as stop:
             while p.epoch < cfg.train.epochs:
-                self._epoch(data_iter, epoch_steps, stop)
-                cut = p.step_in_epoch < epoch_steps  # train.max_steps reached mid-epoch
-                val = validation_loss(self.trainer, val_source, self.config, self.mesh, p.step)
-                self._check_finite([val], p.step, what="validation loss")
-                if not cut:
-                    p.epoch, p.step_in_epoch = p.epoch + 1, 0
-                if p.best_val_loss is None or val["val_loss"] < p.best_val_loss:
-                    p.best_val_loss, p.best_step = val["val_loss"], p.step
-                auroc = {} if selector is None else self._select(selector)
-                self.metrics.write(
-                    {"step": p.step, "stage": stage, "epoch": p.epoch + int(cut), **val, **auroc}
-                )
-                log.info(
-                    "stage %s epoch %d/%d: step %d, validation loss %.5f%s",
-                    stage,
-                    p.epoch + int(cut),
-                    cfg.train.epochs,
-                    p.step,
-                    val["val_loss"],
-                    "" if selector is None else self._describe_selection(auroc),
-                )
-                self._save(data_iter, val["val_loss"])
+                # A run stopped right after a validation point's last step validates it first.
+                first = p.step_in_epoch + int(p.validated_step == p.step)
+                until = next(n for n in points if n >= first)
+                self._steps(data_iter, epoch_steps, until, stop)
+                cut = p.step_in_epoch < until  # train.max_steps reached before the point
+                if p.validated_step != p.step:  # not when the budget ended at the last point
+                    self._validate(val_source, selector, data_iter, epoch_steps)
                 if cut:
                     log.info("train.max_steps=%d reached", cfg.train.max_steps)
                     return False
@@ -287,6 +284,38 @@ class TrainingLoop:
         p.stage, p.epoch = "", 0
         self._save(data_iter, None)
         return True
+
+    def _validate(
+        self,
+        val_source: ImageSource,
+        selector: ValidationAUROC | None,
+        data_iter: Any,
+        epoch_steps: int,
+    ) -> None:
+        """Validate at this step (loss, AUROC and export with a selector), log it, checkpoint."""
+        cfg, p = self.config, self.progress
+        val = validation_loss(self.trainer, val_source, cfg, self.mesh, p.step)
+        self._check_finite([val], p.step, what="validation loss")
+        p.validated_step = p.step
+        epoch = p.epoch + 1  # the epoch in progress, or just completed
+        at = "" if p.step_in_epoch == epoch_steps else f" at step {p.step_in_epoch}/{epoch_steps}"
+        if p.step_in_epoch == epoch_steps:
+            p.epoch, p.step_in_epoch = epoch, 0
+        if p.best_val_loss is None or val["val_loss"] < p.best_val_loss:
+            p.best_val_loss, p.best_step = val["val_loss"], p.step
+        auroc = {} if selector is None else self._select(selector)
+        self.metrics.write({"step": p.step, "stage": p.stage, "epoch": epoch, **val, **auroc})
+        log.info(
+            "stage %s epoch %d/%d%s: step %d, validation loss %.5f%s",
+            p.stage,
+            epoch,
+            cfg.train.epochs,
+            at,
+            p.step,
+            val["val_loss"],
+            "" if selector is None else self._describe_selection(auroc),
+        )
+        self._save(data_iter, val["val_loss"])
 
     def log_skips(self) -> None:
         """Log the images skipped in this invocation, by split, stage and reason."""
@@ -302,11 +331,13 @@ class TrainingLoop:
         elif self.skips:
             log.info("no images were skipped")
 
-    def _epoch(self, data_iter: Any, steps_per_epoch: int, stop: StopFlag) -> None:
+    def _steps(self, data_iter: Any, steps_per_epoch: int, until: int, stop: StopFlag) -> None:
+        """Train the epoch in progress up to its step ``until`` (or ``train.max_steps``)."""
         cfg, p = self.config.train, self.progress
-        steps = steps_per_epoch - p.step_in_epoch
+        steps = until - p.step_in_epoch
         if cfg.max_steps:
             steps = min(steps, cfg.max_steps - p.step)
+        end = p.step + steps
         # JAX dispatches steps ahead of the device, so the bar moves only where the loop waits
         # for the device (every train.log_every steps, and at the end of the epoch): its count,
         # rate and ETA are those of finished steps, not of dispatched ones.
@@ -364,7 +395,8 @@ class TrainingLoop:
             images_every = self.config.tracking.images_every
             if self.metrics.tracker is not None and images_every and p.step % images_every == 0:
                 self._log_samples(images)
-            if self.cadence.due(p.step):
+            # The last step is checkpointed after its validation, with the progress it makes.
+            if self.cadence.due(p.step) and p.step < end:
                 self._save(data_iter, None)
             if stop.signal is not None:
                 bar.close()

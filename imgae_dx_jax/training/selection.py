@@ -1,18 +1,19 @@
 """Checkpoint selection on the validation patients (``train.select_checkpoint``).
 
-With ``val_auroc``, the model of every epoch scores the validation split -- the normal *and*
-abnormal images of the validation patients, never a test image -- and the epoch whose AUROC
-is the highest becomes the run's inference export, the model that evaluation and prediction
-load. The AUROC is that of the image score ``eval.score`` (for ``auto``, the best candidate,
-as evaluation picks it later on the same patients:
+With ``val_auroc``, the model at every validation point (the end of every epoch, and
+``model.<name>.validations_per_epoch`` - 1 evenly spaced points before it) scores the validation
+split -- the normal *and* abnormal images of the validation patients, never a test image --
+and the model whose AUROC is the highest becomes the run's inference export, the model that
+evaluation and prediction load. The AUROC is that of the image score ``eval.score`` (for
+``auto``, the best candidate, as evaluation picks it later on the same patients:
 :func:`~imgae_dx_jax.metrics.threshold.choose_score`). With ``last`` the export is the model
 after the last step; ``auto`` (the default) is ``val_auroc`` when the validation split has
 normal and abnormal images and ``last`` when it has not. In a run of several stages the
 selection restarts with each stage (its validation split grows with the stages): the export
-is an epoch of the last stage trained.
+is a model of the last stage trained.
 
 :class:`ValidationAUROC` is the evaluator: built once per stage, it compiles the scoring
-function once and :meth:`ValidationAUROC.run` scores one epoch's weights.
+function once and :meth:`ValidationAUROC.run` scores one validation point's weights.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def has_both_classes(records: Sequence[Record]) -> bool:
 
 
 class ValidationAUROC:
-    """The validation AUROC of a model's weights, for choosing the exported epoch."""
+    """The validation AUROC of a model's weights, for choosing the exported model."""
 
     def __init__(
         self, config: Config, store: Store, records: Sequence[Record], model: nnx.Module
@@ -61,7 +62,7 @@ class ValidationAUROC:
                 f"{labels.count(1)} abnormal (use last)"
             )
         self.config, self.store, self.records = config, store, tuple(records)
-        # The compiled scoring only: ``run`` brings each epoch's weights, so the evaluator
+        # The compiled scoring only: ``run`` brings each point's weights, so the evaluator
         # does not hold the stage's first ones for the rest of the stage.
         self._scorer = Scorer(model, config).with_state(None)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
+import signal
 import zipfile
 from collections import defaultdict
 from pathlib import Path
@@ -16,8 +18,9 @@ import pytest
 from flax import nnx
 
 from imgae_dx_jax import run_dir as rundir
-from imgae_dx_jax.checkpoints import restore_model
+from imgae_dx_jax.checkpoints import SaveCadence, restore_model
 from imgae_dx_jax.config import ConfigError, load_config
+from imgae_dx_jax.errors import Interrupted
 from imgae_dx_jax.schema import Config
 from imgae_dx_jax.train import main as train_main
 from imgae_dx_jax.training.selection import ValidationAUROC
@@ -166,7 +169,86 @@ def test_the_epoch_of_best_validation_auroc_becomes_the_export(tmp_path, monkeyp
     assert metrics["score_val_auroc"][metrics["score"]] == pytest.approx(chosen["val_auroc"])
 
 
-def _small_config(tree: Path, select: str, epochs: int = 2) -> Config:
+@pytest.mark.slow
+def test_a_model_between_epoch_ends_can_become_the_export(tmp_path, monkeypatch, caplog):
+    # Two validation points per epoch (model.ae.validations_per_epoch=2), two epochs; the
+    # scripted AUROCs make the middle of epoch 2 the best: its weights are the export.
+    real_run = ValidationAUROC.run
+    states: list[object] = []
+    scripted = iter([0.6, 0.7, 0.9, 0.8])
+
+    def run(self, state):
+        states.append(jax.tree.map(np.array, state))
+        return {**real_run(self, state), "val_auroc": next(scripted)}
+
+    monkeypatch.setattr(ValidationAUROC, "run", run)
+    tree = tmp_path / "chest_xray"
+    _class_tree(tree)
+    config = _small_config(tree, "auto", more=["model.ae.validations_per_epoch=2"])
+    with caplog.at_level(logging.INFO, logger="imgae_dx_jax.training.loop"):
+        result = train(config, tmp_path / "run")
+    epoch = _steps_per_epoch(caplog)
+    half = round(epoch / 2)
+    assert _validated_steps(tmp_path / "run") == [half, epoch, epoch + half, 2 * epoch]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"stage all epoch 2/2 at step {half}/{epoch}:") for m in messages)
+    export = restore_model(tmp_path / "run", result.config)
+    exported = jax.tree.leaves(nnx.state(export, nnx.Param))
+    best = jax.tree.leaves(nnx.filter_state(states[2], nnx.Param))
+    assert all(np.array_equal(a, b) for a, b in zip(exported, best, strict=True))
+    assert not _exports_the_final_model(tmp_path / "run", result)
+
+
+@pytest.mark.slow
+def test_every_validation_point_is_validated_once_across_stops(tmp_path, monkeypatch, caplog):
+    # SIGTERM during the last step before the first validation point: the run saves and stops
+    # unvalidated, and the resumed run validates that point before training on. Checkpoints
+    # every step and a step budget that ends at a validation point validate each point once.
+    tree = tmp_path / "chest_xray"
+    _class_tree(tree)
+    more = ["model.ae.validations_per_epoch=2"]
+    with caplog.at_level(logging.INFO, logger="imgae_dx_jax.training.loop"):
+        train(_small_config(tree, "auto", epochs=1, more=["train.max_steps=1"]), tmp_path / "x")
+    half = round(_steps_per_epoch(caplog) / 2)
+    real_due = SaveCadence.due
+
+    def due(self, step):
+        if step == half:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_due(self, step)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SaveCadence, "due", due)
+        with pytest.raises(Interrupted, match=f"stopped by SIGTERM at step {half}"):
+            train(_small_config(tree, "auto", epochs=1, more=more), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").is_file()
+    more.append("train.checkpoint_every_steps=1")
+    train(_small_config(tree, "auto", epochs=1, more=more), tmp_path / "run")
+    epoch = _steps_per_epoch(caplog)
+    assert _validated_steps(tmp_path / "run") == [half, epoch]
+    budget = [*more, f"train.max_steps={epoch + half}"]
+    train(_small_config(tree, "auto", epochs=2, more=budget), tmp_path / "run")
+    assert _validated_steps(tmp_path / "run") == [half, epoch, epoch + half]
+
+
+def _steps_per_epoch(caplog: pytest.LogCaptureFixture) -> int:
+    found = {
+        int(m.group(1))
+        for r in caplog.records
+        if (m := re.search(r"(\d+) steps per epoch", r.getMessage()))
+    }
+    assert len(found) == 1, found
+    return found.pop()
+
+
+def _validated_steps(run: Path) -> list[int]:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in lines if "val_loss" in r]
+
+
+def _small_config(
+    tree: Path, select: str, epochs: int = 2, more: list[str] | None = None
+) -> Config:
     return load_config(
         overrides=[
             "data.source=imagefolder",
@@ -181,6 +263,7 @@ def _small_config(tree: Path, select: str, epochs: int = 2) -> Config:
             f"train.epochs={epochs}",
             f"train.select_checkpoint={select}",
             "tracking.wandb=disabled",
+            *(more or []),
         ]
     )
 

@@ -43,6 +43,7 @@ def test_overrides_apply_in_order_and_coerce_types():
         ("model.ra.anomaly_map=lpips", "model.ra.anomaly_map: unknown map 'lpips'"),
         ("eval.threshold=accuracy", "eval.threshold: unknown rule 'accuracy'"),
         ("eval.target_specificity=1", "eval.target_specificity: must be in (0, 1)"),
+        ("model.ra.validations_per_epoch=0", "model.ra.validations_per_epoch: must be >= 1"),
     ],
 )
 def test_bad_overrides_name_the_key_and_origin(override, fragment):

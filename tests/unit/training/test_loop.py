@@ -1,9 +1,17 @@
-"""The training loop's progress: the bar counts finished steps, the first step is timed."""
+"""The training loop's progress: the bar counts finished steps, the first step is timed; where
+it validates."""
 
 import logging
 
 from imgae_dx_jax.config import load_config
+from imgae_dx_jax.training.loop import validation_points
 from imgae_dx_jax.training.train import train
+
+
+def test_validation_points_are_evenly_spaced_and_end_the_epoch():
+    assert validation_points(61, 1) == [61]
+    assert validation_points(61, 4) == [15, 30, 46, 61]
+    assert validation_points(3, 5) == [1, 2, 3]  # at most one per step
 
 
 def test_the_training_bar_moves_at_synchronised_steps_only(tmp_path, bars, caplog):
