@@ -80,6 +80,7 @@ _LEGACY_VALUES: dict[tuple[str, ...], Any] = {
     ("train", "select_checkpoint"): "last",
     ("eval", "border"): 0.0,
     ("model", "ae", "uncertainty"): False,
+    ("model", "ra", "validations_per_epoch"): 1,
 }
 """Settings whose behaviour before they existed differs from their default today: a run made
 before them gets these values, not the defaults."""

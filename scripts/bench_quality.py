@@ -62,6 +62,10 @@ COARSE = "model.unet.noise=coarse"
 and foreign patches, ``both``): the U-Net options measured on it keep it, so that their rows
 reproduce."""
 
+RA_VAL1 = "model.ra.validations_per_epoch=1"
+"""One validation point per epoch, the RA's default until 2026-12-04 (now 4): the RA options
+measured with it keep it, so that their rows reproduce."""
+
 UNET_OPTIONS: dict[str, list[str]] = {
     # The authors' training recipe (Kascenas et al.): AMSGrad with L2 1e-5, cosine decay over
     # the step budget (the default schedule), the coarse noise randomly rolled.
@@ -98,37 +102,45 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "unet": ("unet", []),
     "ra": ("ra", []),
     # The paper's form of the map: the residual times a saliency (here the encoder's).
-    "ra-saliency": ("ra", ["model.ra.anomaly_map=saliency"]),
+    "ra-saliency": ("ra", [RA_VAL1, "model.ra.anomaly_map=saliency"]),
     # Ten times the paper's learning rate, as the U-Net's and AE's 1e-3 for CPU-sized budgets.
-    "ra-lr5e-4": ("ra", ["model.ra.learning_rate=5e-4"]),
+    "ra-lr5e-4": ("ra", [RA_VAL1, "model.ra.learning_rate=5e-4"]),
     # Three times the paper's learning rate: between the paper's 5e-5 and the diverging 5e-4.
-    "ra-lr1.5e-4": ("ra", ["model.ra.learning_rate=1.5e-4"]),
+    "ra-lr1.5e-4": ("ra", [RA_VAL1, "model.ra.learning_rate=1.5e-4"]),
     # Half the paper's rate: faster rates and longer budgets both degrade the RA.
-    "ra-lr2.5e-5": ("ra", ["model.ra.learning_rate=2.5e-5"]),
+    "ra-lr2.5e-5": ("ra", [RA_VAL1, "model.ra.learning_rate=2.5e-5"]),
     # The paper's rate for twice the default budget: is the RA at 5 epochs under-trained?
-    "ra-10ep": ("ra", ["train.epochs=10"]),
+    "ra-10ep": ("ra", [RA_VAL1, "train.epochs=10"]),
     # Four times the KL weight of the real images: a latent held closer to the prior, so that
     # the decoder keeps to the normal images' manifold as training goes on (the RA's validation
     # AUROC peaks after 1-2 epochs and falls while its loss keeps falling).
-    "ra-kl4": ("ra", ["model.ra.beta_kl=4.0"]),
+    "ra-kl4": ("ra", [RA_VAL1, "model.ra.beta_kl=4.0"]),
     # The authors' balance of the KL terms against the pixel error carried from their 128 px to
     # 64 px: every loss is scaled by 1 / (H * W), so at 64 px a KL weighs 4 times as much
     # against the per-pixel error as in their runs; a quarter of beta_kl and beta_neg undoes it.
-    "ra-kl-64px": ("ra", ["model.ra.beta_kl=0.25", "model.ra.beta_neg=32.0"]),
+    "ra-kl-64px": ("ra", [RA_VAL1, "model.ra.beta_kl=0.25", "model.ra.beta_neg=32.0"]),
     # The authors' batch of 8 images (the benchmark's default is 16): twice the updates per epoch.
-    "ra-batch8": ("ra", ["train.batch_size=8"]),
+    "ra-batch8": ("ra", [RA_VAL1, "train.batch_size=8"]),
     "ae": ("ae", []),
     # The exported model is the epoch of best validation AUROC (what auto, the default, does
     # where validation has both classes), or the model after the last step; the U-Net's with
-    # the coarse noise alone.
+    # the coarse noise alone, the RA's with one validation point per epoch.
     **{
         f"{family}-{mode}": (
             family,
-            [*([COARSE] if family == "unet" else []), f"train.select_checkpoint={value}"],
+            [
+                *({"unet": [COARSE], "ra": [RA_VAL1]}.get(family, [])),
+                f"train.select_checkpoint={value}",
+            ],
         )
         for family in ("unet", "ra", "ae")
         for mode, value in (("select", "val_auroc"), ("last", "last"))
     },
+    # The RA with one validation point per epoch (its default until 2026-12-04); the U-Net and
+    # the AE with four (theirs is one): the export is the best of 20 models instead of 5.
+    "ra-val1": ("ra", [RA_VAL1]),
+    "unet-val4": ("unet", ["model.unet.validations_per_epoch=4"]),
+    "ae-val4": ("ae", ["model.ae.validations_per_epoch=4"]),
     **{name: ("unet", [COARSE, *options]) for name, options in UNET_OPTIONS.items()},
     # The plain AE (MSE, map = residual): the baseline of Mao et al. and of the issue's targets.
     "ae-mse": ("ae", ["model.ae.uncertainty=false"]),
@@ -155,6 +167,7 @@ SEEDED = (
     "ra-kl4",
     "ra-kl-64px",
     "ra-batch8",
+    "ra-val1",
     "unet-last",
     "ra-last",
     "ae-last",
