@@ -235,9 +235,10 @@ class TrainConfig:
     """``constant``, or ``cosine``: decay to 0 over the step budget (``max_steps``)."""
     select_checkpoint: str
     """The model that becomes the export (what evaluation and prediction load): ``last``,
-    the model after the last step, or ``val_auroc``, the epoch (of the last stage) whose
-    validation AUROC is the highest; the validation patients' normal and abnormal images are
-    scored at every validation point (:mod:`imgae_dx_jax.training.selection`)."""
+    the model after the last step, or ``val_auroc``, the model at the validation point (of the
+    last stage; ``model.<name>.validations_per_epoch``) whose validation AUROC is the highest;
+    the validation patients' normal and abnormal images are scored at every validation point
+    (:mod:`imgae_dx_jax.training.selection`)."""
     precision: str = "auto"
     """Computation dtype of the convolutions and linear layers while training: ``float32``,
     ``bf16`` (bfloat16) with float32 parameters, optimiser state, losses and outputs, or

@@ -464,7 +464,7 @@ class TrainingLoop:
             mode = "val_auroc" if has_both_classes(val_records) else "last"
             log.info(
                 "train.select_checkpoint auto: %s",
-                "the export is the epoch of best validation AUROC"
+                "the export is the model of best validation AUROC"
                 if mode == "val_auroc"
                 else "the validation split lacks normal or abnormal images; the export is "
                 "the last model",
