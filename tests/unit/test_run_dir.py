@@ -71,6 +71,7 @@ def test_calibration_round_trip_and_errors(tmp_path):
         (("train", "lr_schedule"), "constant"),
         (("eval", "border"), 0.0),
         (("model", "ae", "uncertainty"), False),
+        (("model", "ra", "validations_per_epoch"), 1),
     ],
 )
 def test_a_run_from_before_a_setting_keeps_its_old_behaviour(tmp_path, caplog, path, before):
