@@ -298,9 +298,9 @@ class TrainingLoop:
         self._check_finite([val], p.step, what="validation loss")
         p.validated_step = p.step
         epoch = p.epoch + 1  # the epoch in progress, or just completed
-        at = "" if p.step_in_epoch == epoch_steps else f" at step {p.step_in_epoch}/{epoch_steps}"
-        if p.step_in_epoch == epoch_steps:
-            p.epoch, p.step_in_epoch = epoch, 0
+        at = f" at step {p.step_in_epoch}/{epoch_steps}"
+        if p.step_in_epoch == epoch_steps:  # the epoch's end
+            at, p.epoch, p.step_in_epoch = "", epoch, 0
         if p.best_val_loss is None or val["val_loss"] < p.best_val_loss:
             p.best_val_loss, p.best_step = val["val_loss"], p.step
         auroc = {} if selector is None else self._select(selector)
@@ -339,7 +339,7 @@ class TrainingLoop:
             steps = min(steps, cfg.max_steps - p.step)
         end = p.step + steps
         # JAX dispatches steps ahead of the device, so the bar moves only where the loop waits
-        # for the device (every train.log_every steps, and at the end of the epoch): its count,
+        # for the device (every train.log_every steps, and before each validation): its count,
         # rate and ETA are those of finished steps, not of dispatched ones.
         bar = progress_bar(
             f"{p.stage} epoch {p.epoch + 1}/{cfg.epochs}",
