@@ -14,7 +14,9 @@ The last ``keep`` checkpoints are kept, plus the one with the lowest validation 
 
 A save that fails (disk full, an I/O error) raises :class:`CheckpointError` naming the step,
 the cause and the newest complete checkpoint, which is left untouched; the half-written
-temporary directory is removed when the run directory is next opened.
+temporary directory is removed when the run directory is next opened (see
+:func:`remove_unfinished_saves`: even by the same process, while the failed save's last writes
+are still landing).
 
 With a staging directory (``train.local_checkpoint_dir``, for a run directory on Google Drive
 or another lazily synced mount), Orbax writes to local disk and a background thread copies
@@ -91,10 +93,12 @@ class Checkpoints:
             preservation_policy=policy,
             create=True,
             enable_async_checkpointing=True,
-            cleanup_tmp_directories=True,  # the leftovers of a failed or killed save
+            cleanup_tmp_directories=False,  # remove_unfinished_saves, below
         )
         written = self.directory if self._mirror is None else self._mirror.local
         try:
+            if distributed.is_main_process():
+                remove_unfinished_saves(written)
             self._manager = ocp.CheckpointManager(written, options=options)
         except OSError as err:
             raise CheckpointError(f"cannot use the checkpoint directory {written}: {err}") from None
@@ -272,6 +276,31 @@ class Checkpoints:
                 self._manager.close()
             except Exception as err:  # the failed save is reported above
                 log.debug("closing the checkpoint manager: %s", err)
+
+
+def remove_unfinished_saves(directory: Path, *, patience_s: float = 30.0) -> None:
+    """Delete the temporary directories of the saves in ``directory`` that never finished.
+
+    A save that failed in this process (a notebook cell rerun after a full disk) may still
+    have writes in flight: Orbax stops waiting for a save at its first failed write, and the
+    others finish in tensorstore's threads, adding files to the directory being deleted. Such
+    a directory is deleted again, for up to ``patience_s`` seconds.
+
+    Raises:
+        OSError: when a directory still cannot be deleted after ``patience_s`` seconds.
+    """
+    if not directory.is_dir():
+        return
+    deadline = time.monotonic() + patience_s
+    for temporary in ocp.path.step.all_temporary_paths(directory):
+        path = Path(temporary.get())
+        while path.exists():
+            try:
+                shutil.rmtree(path)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
 
 MIRROR_TMP_PREFIX = "tmp-mirror-"

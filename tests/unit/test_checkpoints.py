@@ -1,7 +1,9 @@
-"""Checkpoints staged locally and copied to the run directory (``train.local_checkpoint_dir``)."""
+"""Checkpoints: the leftovers of unfinished saves, and checkpoints staged locally and copied to
+the run directory (``train.local_checkpoint_dir``)."""
 
 from __future__ import annotations
 
+import errno
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -144,3 +146,36 @@ def test_a_run_of_several_processes_writes_checkpoints_in_the_run_directory(tmp_
     with pytest.raises(ConfigError, match=r"train\.local_checkpoint_dir: every process"):
         train(config, tmp_path / "run")
     assert not (tmp_path / "local").exists()
+
+
+def test_an_unfinished_save_still_being_written_is_removed(tmp_path, monkeypatch):
+    # A save that failed in this process (a notebook cell rerun after a full disk) may still be
+    # writing into its temporary directory when the run directory is opened again: a deletion
+    # then meets files written after it listed the directory ("Directory not empty").
+    directory = tmp_path / "checkpoints"
+    fake_step(directory, 2)
+    busy = directory / "4.orbax-checkpoint-tmp" / "model" / "d"
+    busy.mkdir(parents=True)
+    rmtree, late = shutil.rmtree, iter(range(3))
+
+    def racing_rmtree(path: str) -> None:
+        write = next(late, None)
+        if write is not None:  # a late write lands while the directory is being deleted
+            (busy / f"late {write}").write_bytes(b"x")
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", "d")
+        rmtree(path)
+
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", racing_rmtree)
+    checkpoints.remove_unfinished_saves(directory)
+    assert names(directory) == {"2"}
+
+
+def test_a_leftover_that_cannot_be_removed_is_an_error_after_the_patience(tmp_path, monkeypatch):
+    (tmp_path / "4.orbax-checkpoint-tmp").mkdir()
+
+    def refuse(path: str) -> None:
+        raise OSError(errno.ENOTEMPTY, "Directory not empty", str(path))
+
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", refuse)
+    with pytest.raises(OSError, match="Directory not empty"):
+        checkpoints.remove_unfinished_saves(tmp_path, patience_s=0.2)
