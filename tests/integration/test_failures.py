@@ -142,8 +142,8 @@ def test_checkpoint_write_error_is_reported_and_the_previous_one_kept(
     assert code == 2, err
     message = [line for line in err.splitlines() if line.startswith("imgae-train: error")]
     assert len(message) == 1 and "Traceback" not in err
-    assert failed in message[0] and "File too large" in message[0]
-    assert kept in message[0]
+    assert failed in message[0] and "File too large" in message[0], message[0]
+    assert kept in message[0], message[0]
     assert steps(run) == [2] and digest(run / "checkpoints" / "2") == before
     assert digest(run / "export") == export  # the export of step 2 was not replaced
     resume_without_evaluation(run, 4)  # the leftovers are cleaned up; the run continues
