@@ -66,6 +66,10 @@ RA_VAL1 = "model.ra.validations_per_epoch=1"
 """One validation point per epoch, the RA's default until 2026-12-04 (now 4): the RA options
 measured with it keep it, so that their rows reproduce."""
 
+MEASURED_WITH: dict[str, list[str]] = {"unet": [COARSE], "ra": [RA_VAL1], "ae": []}
+"""Family -> the former defaults its option rows were measured with (kept under every option
+of the family, so that its rows reproduce)."""
+
 UNET_OPTIONS: dict[str, list[str]] = {
     # The authors' training recipe (Kascenas et al.): AMSGrad with L2 1e-5, cosine decay over
     # the step budget (the default schedule), the coarse noise randomly rolled.
@@ -126,7 +130,7 @@ validation cadence they were measured with (rows keep reproducing under their na
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "unet": ("unet", []),
     "ra": ("ra", []),
-    **{name: ("ra", [RA_VAL1, *options]) for name, options in RA_OPTIONS.items()},
+    **{name: ("ra", [*MEASURED_WITH["ra"], *opts]) for name, opts in RA_OPTIONS.items()},
     "ae": ("ae", []),
     # The exported model is the epoch of best validation AUROC (what auto, the default, does
     # where validation has both classes), or the model after the last step; the U-Net's with
@@ -134,10 +138,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     **{
         f"{family}-{mode}": (
             family,
-            [
-                *({"unet": [COARSE], "ra": [RA_VAL1]}.get(family, [])),
-                f"train.select_checkpoint={value}",
-            ],
+            [*MEASURED_WITH[family], f"train.select_checkpoint={value}"],
         )
         for family in ("unet", "ra", "ae")
         for mode, value in (("select", "val_auroc"), ("last", "last"))
@@ -147,7 +148,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "ra-val1": ("ra", [RA_VAL1]),
     "unet-val4": ("unet", ["model.unet.validations_per_epoch=4"]),
     "ae-val4": ("ae", ["model.ae.validations_per_epoch=4"]),
-    **{name: ("unet", [COARSE, *options]) for name, options in UNET_OPTIONS.items()},
+    **{name: ("unet", [*MEASURED_WITH["unet"], *opts]) for name, opts in UNET_OPTIONS.items()},
     # The plain AE (MSE, map = residual): the baseline of Mao et al. and of the issue's targets.
     "ae-mse": ("ae", ["model.ae.uncertainty=false"]),
     "ae-constant-lr": ("ae", ["train.lr_schedule=constant"]),
