@@ -113,8 +113,7 @@ def test_train_and_evaluate_from_a_class_folder_tree_split_by_patient(tmp_path, 
 
     assert train_main(args) == 0  # rerun: resumes its stage, max_steps already reached
     assert "resuming from checkpoint 3 (stage all," in capsys.readouterr().err
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {r["stage"] for r in lines if "stage" in r} == {"all"}
+    assert {r["stage"] for r in _records(run) if "stage" in r} == {"all"}
 
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["stages"] == ["all"]
@@ -154,8 +153,7 @@ def test_the_epoch_of_best_validation_auroc_becomes_the_export(tmp_path, monkeyp
         args += ["--set", item]
     assert train_main(args) == 0
 
-    lines = [json.loads(x) for x in (run_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["val_auroc"] for r in lines if "val_auroc" in r] == [0.6, 0.8, 0.7]
+    assert [r["val_auroc"] for r in _records(run_path) if "val_auroc" in r] == [0.6, 0.8, 0.7]
     assert len(calls) == 3
     export = restore_model(run_path, rundir.read_config(run_path / "config.yaml"))
     exported = jax.tree.leaves(nnx.state(export, nnx.Param))
@@ -241,9 +239,13 @@ def _steps_per_epoch(caplog: pytest.LogCaptureFixture) -> int:
     return found.pop()
 
 
+def _records(run: Path) -> list[dict]:
+    """The records of a run's ``metrics.jsonl``."""
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def _validated_steps(run: Path) -> list[int]:
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["step"] for r in lines if "val_loss" in r]
+    return [r["step"] for r in _records(run) if "val_loss" in r]
 
 
 def _small_config(
@@ -278,8 +280,7 @@ def test_without_abnormal_validation_images_auto_exports_the_last_model(tmp_path
     with caplog.at_level(logging.INFO, logger="imgae_dx_jax.training.loop"):
         result = train(_small_config(tree, "auto"), tmp_path / "run")
     assert any("lacks normal or abnormal" in r.getMessage() for r in caplog.records)
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert not any("val_auroc" in json.loads(x) for x in lines)
+    assert not any("val_auroc" in r for r in _records(tmp_path / "run"))
     assert _exports_the_final_model(tmp_path / "run", result)
 
     with pytest.raises(ConfigError, match=r"train\.select_checkpoint"):
