@@ -167,6 +167,7 @@ DEFAULT_VARIANTS = ("unet", "ra", "ae")
 SEEDS = (1, 2)
 SEEDED = (
     *DEFAULT_VARIANTS,
+    "ae-mse",
     "unet-10ep",
     "unet-lr3e-4",
     "unet-select",
