@@ -425,12 +425,24 @@ class SaveCadence:
         self.last_save = time.monotonic()
 
 
+_TS_ANNOTATIONS = re.compile(r"(?:\s*\[[a-z_]+='(?:[^'\\]|\\.)*'\])+\s*$")
+"""The ``[name='value']`` annotations that end a tensorstore error message (values escaped)."""
+
+
 def write_error_cause(err: BaseException) -> str:
-    """The cause of a failed write in one line: the OS error where there is one."""
+    """The cause of a failed write in one line: the OS error where there is one.
+
+    A tensorstore error reads ``...: Failed to write N bytes to file 4: File too large``
+    followed by annotations, ``[os_error_code='27']`` and, when the write failed while a
+    driver was being opened, ``[tensorstore_spec='{...}']`` before it: the cause is the text
+    after the last colon before the annotations.
+    """
     text = str(err)
-    os_error = re.search(r"([^:\n]+?)\s*\[os_error_code='(\d+)'", text)
-    if os_error:  # tensorstore: '...: Failed to write N bytes to file: File too large [...]'
-        return f"{os_error.group(1).strip()} (errno {os_error.group(2)})"
+    code = re.search(r"\[os_error_code='(\d+)'\]", text)
+    annotations = _TS_ANNOTATIONS.search(text)
+    if code and annotations:
+        reason = text[: annotations.start()].rsplit(": ", 1)[-1].strip()
+        return f"{reason} (errno {code.group(1)})"
     if isinstance(err, OSError) and err.strerror:
         return f"{err.strerror} (errno {err.errno})"
     lines = [line.strip() for line in text.splitlines() if line.strip()]

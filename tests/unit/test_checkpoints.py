@@ -179,3 +179,32 @@ def test_a_leftover_that_cannot_be_removed_is_an_error_after_the_patience(tmp_pa
     monkeypatch.setattr(checkpoints.shutil, "rmtree", refuse)
     with pytest.raises(OSError, match="Directory not empty"):
         checkpoints.remove_unfinished_saves(tmp_path, patience_s=0.2)
+
+
+# tensorstore's messages for a write that hit a file-size limit, as Orbax raised them (paths
+# shortened): a chunk's write, and the write of a driver's metadata while it is opened, whose
+# message carries the spec (with brackets and escaped quotes) before the error code.
+_PREFIX = 'OUT_OF_RANGE: Error writing "a/0" in OCDBT database at local file "/c/4.tmp/": '
+_FAILED = 'Failed writing: "/c/4.tmp/d/34.__lock": Failed to write 367349 bytes to file 4: '
+_SPEC = (
+    '{\\"create\\":true,\\"driver\\":\\"zarr\\",\\"kvstore\\":{\\"path\\":\\"/c/4.tmp/\\"},'
+    '\\"metadata\\":{\\"chunks\\":[8],\\"shape\\":[8]},\\"path\\":\\"up.2.norm.bias.value/\\"}'
+)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        f"{_PREFIX}{_FAILED}File too large [os_error_code='27']",
+        f'OUT_OF_RANGE: Error opening "zarr" driver: {_PREFIX}{_FAILED}File too large '
+        f"[tensorstore_spec='{_SPEC}'] [os_error_code='27']",
+    ],
+)
+def test_the_cause_of_a_failed_write_is_the_os_error(message):
+    assert checkpoints.write_error_cause(ValueError(message)) == "File too large (errno 27)"
+
+
+def test_the_cause_of_a_failed_write_without_an_os_error_is_its_first_line():
+    no_space = OSError(errno.ENOSPC, "No space left on device")
+    assert checkpoints.write_error_cause(no_space) == "No space left on device (errno 28)"
+    assert checkpoints.write_error_cause(ValueError("bad value\nmore")) == "bad value"
