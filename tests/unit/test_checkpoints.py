@@ -204,7 +204,7 @@ def test_the_cause_of_a_failed_write_is_the_os_error(message):
     assert checkpoints.write_error_cause(ValueError(message)) == "File too large (errno 27)"
 
 
-def test_the_cause_of_a_failed_write_without_an_os_error_is_its_first_line():
+def test_the_cause_of_an_os_error_is_its_reason_and_of_another_error_its_first_line():
     no_space = OSError(errno.ENOSPC, "No space left on device")
     assert checkpoints.write_error_cause(no_space) == "No space left on device (errno 28)"
     assert checkpoints.write_error_cause(ValueError("bad value\nmore")) == "bad value"
