@@ -213,6 +213,12 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
     if not 1 <= m.unet.noise_resolution <= d.image_size:
         fail("model.unet.noise_resolution", f"must be between 1 and the image size {d.image_size}")
     one_of("model.unet.noise", m.unet.noise, UNET_NOISES, "noise")
+    if m.unet.patches < 1:
+        fail("model.unet.patches", "must be at least 1")
+    if not 0 < m.unet.patch_side[0] <= m.unet.patch_side[1] <= 1:
+        fail("model.unet.patch_side", "must be [low, high] with 0 < low <= high <= 1")
+    if not 0 <= m.unet.patch_alpha[0] <= m.unet.patch_alpha[1] <= 1:
+        fail("model.unet.patch_alpha", "must be [low, high] with 0 <= low <= high <= 1")
     if not 0 <= m.unet.dropped_skips < len(m.unet.widths):
         fail(
             "model.unet.dropped_skips",

@@ -47,7 +47,15 @@ EXPORT = "export"
 EXPORT_MODEL = "model"
 THRESHOLD = "threshold.json"
 RESUME_MODES = ("auto", "never")
-_SAFE_MODEL_KEYS = ("learning_rate", "noise_roll", "noise", "validations_per_epoch")
+_SAFE_MODEL_KEYS = (
+    "learning_rate",
+    "noise_roll",
+    "noise",
+    "patches",
+    "patch_side",
+    "patch_alpha",
+    "validations_per_epoch",
+)
 _MODEL_NEUTRAL_SECTIONS = ("eval", "run", "tracking")
 _MODEL_NEUTRAL_KEYS = (
     "data.source",

@@ -104,6 +104,15 @@ class UNetConfig:
     """Denoising corruption: ``coarse`` (coarse noise, as Kascenas et al.), ``patch`` (foreign
     patch interpolation: a rectangle of another image of the batch blended in) or ``both``
     (the patch, then the coarse noise; the default)."""
+    patches: int
+    """Foreign patches blended into each image, one after the other (``noise`` ``patch`` or
+    ``both``)."""
+    patch_side: tuple[float, float]
+    """Range of a foreign patch's height and width (each drawn uniformly in it), as fractions
+    of the image side."""
+    patch_alpha: tuple[float, float]
+    """Range of a foreign patch's blending weight ``a`` (drawn uniformly in it): inside the
+    patch the image becomes ``(1 - a) * x_i + a * x_j``."""
     uncertainty: bool
     """Decode a per-pixel log-variance too, train with the Gaussian NLL against the clean
     image and map ``(x - mu)^2 / exp(logvar)`` (the AE's uncertainty head, Mao et al.)."""

@@ -53,17 +53,21 @@ def coarse_noise(
 
 
 def foreign_patch(
-    key: jax.Array, batch: jax.Array, min_side: float = 0.1, max_side: float = 0.4
+    key: jax.Array,
+    batch: jax.Array,
+    side: tuple[float, float] = (0.1, 0.4),
+    alpha: tuple[float, float] = (0.0, 1.0),
 ) -> jax.Array:
     """Foreign patch interpolation: blend a rectangle of another image into each image.
 
     Every image ``x_i`` of ``batch`` [B, H, W, C] gets one axis-aligned rectangle, of sides
-    drawn uniformly between ``min_side`` and ``max_side`` of the image side and placed
+    drawn uniformly between ``side[0]`` and ``side[1]`` of the image side and placed
     uniformly inside the image, where it becomes ``(1 - a_i) * x_i + a_i * x_j`` with
-    ``a_i ~ U(0, 1)`` and ``x_j`` the image ``j = (i + s) mod B`` of the same batch at the same
-    location (``s`` drawn once per batch in ``1 .. B - 1``; a batch of one is returned as is).
-    Outside the rectangle the image is unchanged.
+    ``a_i ~ U(alpha[0], alpha[1])`` and ``x_j`` the image ``j = (i + s) mod B`` of the same
+    batch at the same location (``s`` drawn once per batch in ``1 .. B - 1``; a batch of one
+    is returned as is). Outside the rectangle the image is unchanged.
     """
+    min_side, max_side = side
     size, height, width, _ = batch.shape
     k_shift, k_h, k_w, k_y, k_x, k_a = jax.random.split(key, 6)
     shift = jax.random.randint(k_shift, (), 1, max(size, 2))
@@ -77,15 +81,22 @@ def foreign_patch(
         return (pos >= start[:, None]) & (pos < (start + length)[:, None])
 
     inside = interval(k_h, k_y, height)[:, :, None] & interval(k_w, k_x, width)[:, None, :]
-    alpha = jax.random.uniform(k_a, (size, 1, 1, 1), batch.dtype)
-    return batch + inside[..., None] * alpha * (partner - batch)
+    weight = jax.random.uniform(k_a, (size, 1, 1, 1), batch.dtype, alpha[0], alpha[1])
+    return batch + inside[..., None] * weight * (partner - batch)
 
 
-def _inputs(cfg: UNetConfig, batch: jax.Array, key: jax.Array) -> jax.Array:
+def corrupt(cfg: UNetConfig, batch: jax.Array, key: jax.Array) -> jax.Array:
+    """The denoising input of ``batch``: ``cfg.patches`` foreign patches, then coarse noise.
+
+    As ``cfg.noise`` says; in ``reconstruction`` mode ``batch`` itself.
+    """
     if cfg.mode != "denoising":
         return batch
     if cfg.noise in ("patch", "both"):
-        batch = foreign_patch(jax.random.fold_in(key, 2), batch)
+        for i in range(cfg.patches):
+            batch = foreign_patch(
+                jax.random.fold_in(key, 2 + i), batch, cfg.patch_side, cfg.patch_alpha
+            )
     if cfg.noise in ("coarse", "both"):
         noise = coarse_noise(key, batch.shape, cfg.noise_resolution, cfg.noise_std, cfg.noise_roll)
         batch = batch + noise
@@ -118,7 +129,7 @@ def train_step(
 
     The loss is the MSE, or with uncertainty the Gaussian NLL.
     """
-    inputs = _inputs(cfg, batch, key)
+    inputs = corrupt(cfg, batch, key)
     return loss_step(
         model,
         optimizers["model"],
@@ -128,7 +139,7 @@ def train_step(
 
 def eval_losses(cfg: UNetConfig, model: nnx.Module, batch: jax.Array, key: jax.Array) -> Metrics:
     """``loss``: the training loss (MSE or NLL) with the corruption drawn from ``key``."""
-    inputs = _inputs(cfg, batch, key)
+    inputs = corrupt(cfg, batch, key)
     return {
         "loss": reconstruction_loss(cast(UNet, eval_view(model)), inputs, batch, cfg.uncertainty)
     }

@@ -23,7 +23,7 @@ from imgae_dx_jax.families.ra import (
     reconstruction_error,
     reparameterize,
 )
-from imgae_dx_jax.families.unet import coarse_noise, foreign_patch
+from imgae_dx_jax.families.unet import coarse_noise, corrupt, foreign_patch
 from imgae_dx_jax.training.loop import step_budget
 
 SIZE = 16
@@ -126,6 +126,10 @@ def test_step_budget_is_max_steps_or_epochs_times_steps_per_epoch():
         ("train.lr_schedule", "linear"),
         ("train.weight_decay", "-1"),
         ("model.unet.noise", "salt"),
+        ("model.unet.patches", "0"),
+        ("model.unet.patch_side", "[0.5,0.2]"),
+        ("model.unet.patch_side", "[0,0.4]"),
+        ("model.unet.patch_alpha", "[0,1.5]"),
     ],
 )
 def test_invalid_options_are_rejected_by_name(key, value):
@@ -188,6 +192,37 @@ def test_foreign_patch_blends_one_rectangle_of_another_image():
             if np.allclose(own + alpha * (other - own), inside, atol=1e-5):
                 matches.append(alpha)
         assert len(matches) == 1 and 0 < matches[0] < 1
+
+
+def test_foreign_patch_side_and_weight_follow_their_ranges():
+    batch = np.asarray(batch_of(1, 6))
+    out = np.asarray(
+        foreign_patch(jax.random.key(5), jnp.asarray(batch), side=(0.5, 0.5), alpha=(0.6, 0.9))
+    )
+    half = SIZE // 2
+    for i in range(len(batch)):
+        rows, cols = np.nonzero(np.abs(out[i, ..., 0] - batch[i, ..., 0]) > 1e-7)
+        assert rows.max() + 1 - rows.min() == cols.max() + 1 - cols.min() == half
+        window = np.s_[rows.min() : rows.min() + half, cols.min() : cols.min() + half, 0]
+        own, inside = batch[i][window], out[i][window]
+        weights = []
+        for j in set(range(len(batch))) - {i}:
+            other = batch[j][window]
+            weight = np.mean((inside - own) / (other - own))
+            if np.allclose(own + weight * (other - own), inside, atol=1e-5):
+                weights.append(weight)
+        assert len(weights) == 1 and 0.6 - 1e-5 <= weights[0] <= 0.9 + 1e-5
+
+
+def test_unet_blends_as_many_patches_as_configured():
+    batch = batch_of(2, 8)
+    changed = {}
+    for patches in (1, 3):
+        cfg = config("unet", "model.unet.noise=patch", f"model.unet.patches={patches}")
+        inputs = corrupt(cfg.model.unet, batch, jax.random.key(0))
+        changed[patches] = int(np.sum(np.abs(np.asarray(inputs - batch)) > 1e-7))
+    # The first patch is the same; the next two add pixels to it.
+    assert changed[3] > changed[1] > 0
 
 
 @pytest.mark.parametrize("noise", ["patch", "both"])
