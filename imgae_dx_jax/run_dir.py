@@ -89,6 +89,9 @@ _LEGACY_VALUES: dict[tuple[str, ...], Any] = {
     ("eval", "border"): 0.0,
     ("model", "ae", "uncertainty"): False,
     ("model", "ra", "validations_per_epoch"): 1,
+    ("model", "unet", "patches"): 1,
+    ("model", "unet", "patch_side"): (0.1, 0.4),
+    ("model", "unet", "patch_alpha"): (0.0, 1.0),
 }
 """Settings whose behaviour before they existed differs from their default today: a run made
 before them gets these values, not the defaults."""

@@ -66,6 +66,15 @@ RA_VAL1 = "model.ra.validations_per_epoch=1"
 """One validation point per epoch, the RA's default until 2026-12-04 (now 4): the RA options
 measured with it keep it, so that their rows reproduce."""
 
+PATCH1 = [
+    "model.unet.patches=1",
+    "model.unet.patch_side=[0.1,0.4]",
+    "model.unet.patch_alpha=[0.0,1.0]",
+]
+"""The U-Net's foreign patches from 2026-12-04 until 2026-12-05 (one per image, sides 10-40% of
+the image, weight U(0, 1)), when stronger ones became the default: the rows measured with them
+keep them, so that they reproduce."""
+
 MEASURED_WITH: dict[str, list[str]] = {"unet": [COARSE], "ra": [RA_VAL1], "ae": []}
 """Family -> the former defaults its option rows were measured with (kept under every option
 of the family, so that its rows reproduce)."""
@@ -147,6 +156,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # the AE with four (theirs is one): the export is the best of 20 models instead of 5.
     "ra-val1": ("ra", [RA_VAL1]),
     "unet-val4": ("unet", ["model.unet.validations_per_epoch=4"]),
+    # The U-Net's default foreign patches until 2026-12-05: one weaker patch per image.
+    "unet-patch1": ("unet", PATCH1),
     "ae-val4": ("ae", ["model.ae.validations_per_epoch=4"]),
     **{name: ("unet", [*MEASURED_WITH["unet"], *opts]) for name, opts in UNET_OPTIONS.items()},
     # The plain AE (MSE, map = residual): the baseline of Mao et al. and of the issue's targets.
@@ -168,6 +179,7 @@ SEEDS = (1, 2)
 SEEDED = (
     *DEFAULT_VARIANTS,
     "ae-mse",
+    "unet-patch1",
     "unet-10ep",
     "unet-lr3e-4",
     "unet-select",

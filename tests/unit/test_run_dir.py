@@ -72,6 +72,9 @@ def test_calibration_round_trip_and_errors(tmp_path):
         (("eval", "border"), 0.0),
         (("model", "ae", "uncertainty"), False),
         (("model", "ra", "validations_per_epoch"), 1),
+        (("model", "unet", "patches"), 1),
+        (("model", "unet", "patch_side"), (0.1, 0.4)),
+        (("model", "unet", "patch_alpha"), (0.0, 1.0)),
     ],
 )
 def test_a_run_from_before_a_setting_keeps_its_old_behaviour(tmp_path, caplog, path, before):
