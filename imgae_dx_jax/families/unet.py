@@ -73,11 +73,11 @@ def foreign_patch(
     shift = jax.random.randint(k_shift, (), 1, max(size, 2))
     partner = jnp.roll(batch, shift, axis=0)
 
-    def interval(k_len: jax.Array, k_pos: jax.Array, side: int) -> jax.Array:
-        low = max(1, round(min_side * side))
-        length = jax.random.randint(k_len, (size,), low, max(low, round(max_side * side)) + 1)
-        start = jnp.floor(jax.random.uniform(k_pos, (size,)) * (side - length + 1))
-        pos = jnp.arange(side)
+    def interval(k_len: jax.Array, k_pos: jax.Array, extent: int) -> jax.Array:
+        low = max(1, round(min_side * extent))
+        length = jax.random.randint(k_len, (size,), low, max(low, round(max_side * extent)) + 1)
+        start = jnp.floor(jax.random.uniform(k_pos, (size,)) * (extent - length + 1))
+        pos = jnp.arange(extent)
         return (pos >= start[:, None]) & (pos < (start + length)[:, None])
 
     inside = interval(k_h, k_y, height)[:, :, None] & interval(k_w, k_x, width)[:, None, :]
