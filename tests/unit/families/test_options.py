@@ -169,6 +169,19 @@ def test_rolled_noise_is_a_shifted_copy_with_the_same_distribution():
     assert len(offsets) > 1
 
 
+def blend_weights(batch: np.ndarray, out: np.ndarray, i: int, window: tuple) -> list[float]:
+    """The factors ``a`` with ``out[i] = (1 - a) * batch[i] + a * batch[j]`` in ``window``,
+    one for each other image ``j`` of the batch for which such an ``a`` exists."""
+    own, inside = batch[i][window], out[i][window]
+    weights = []
+    for j in set(range(len(batch))) - {i}:
+        other = batch[j][window]
+        weight = np.mean((inside - own) / (other - own))
+        if np.allclose(own + weight * (other - own), inside, atol=1e-5):
+            weights.append(float(weight))
+    return weights
+
+
 def test_foreign_patch_blends_one_rectangle_of_another_image():
     batch = np.asarray(batch_of(1, 6))
     out = np.asarray(foreign_patch(jax.random.key(3), jnp.asarray(batch)))
@@ -183,14 +196,7 @@ def test_foreign_patch_blends_one_rectangle_of_another_image():
         for side in (bottom - top, right - left):
             assert round(0.1 * SIZE) <= side <= round(0.4 * SIZE)
         # Inside: (1 - a) * x_i + a * x_j for one other image j and one factor a.
-        inside = out[i, top:bottom, left:right, 0]
-        own = batch[i, top:bottom, left:right, 0]
-        matches = []
-        for j in set(range(len(batch))) - {i}:
-            other = batch[j, top:bottom, left:right, 0]
-            alpha = np.mean((inside - own) / (other - own))
-            if np.allclose(own + alpha * (other - own), inside, atol=1e-5):
-                matches.append(alpha)
+        matches = blend_weights(batch, out, i, np.s_[top:bottom, left:right, 0])
         assert len(matches) == 1 and 0 < matches[0] < 1
 
 
@@ -204,13 +210,7 @@ def test_foreign_patch_side_and_weight_follow_their_ranges():
         rows, cols = np.nonzero(np.abs(out[i, ..., 0] - batch[i, ..., 0]) > 1e-7)
         assert rows.max() + 1 - rows.min() == cols.max() + 1 - cols.min() == half
         window = np.s_[rows.min() : rows.min() + half, cols.min() : cols.min() + half, 0]
-        own, inside = batch[i][window], out[i][window]
-        weights = []
-        for j in set(range(len(batch))) - {i}:
-            other = batch[j][window]
-            weight = np.mean((inside - own) / (other - own))
-            if np.allclose(own + weight * (other - own), inside, atol=1e-5):
-                weights.append(weight)
+        weights = blend_weights(batch, out, i, window)
         assert len(weights) == 1 and 0.6 - 1e-5 <= weights[0] <= 0.9 + 1e-5
 
 
