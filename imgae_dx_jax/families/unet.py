@@ -55,8 +55,8 @@ def coarse_noise(
 def foreign_patch(
     key: jax.Array,
     batch: jax.Array,
-    side: tuple[float, float] = (0.1, 0.4),
-    alpha: tuple[float, float] = (0.0, 1.0),
+    side: tuple[float, float],
+    alpha: tuple[float, float],
 ) -> jax.Array:
     """Foreign patch interpolation: blend a rectangle of another image into each image.
 

@@ -184,7 +184,7 @@ def blend_weights(batch: np.ndarray, out: np.ndarray, i: int, window: tuple) -> 
 
 def test_foreign_patch_blends_one_rectangle_of_another_image():
     batch = np.asarray(batch_of(1, 6))
-    out = np.asarray(foreign_patch(jax.random.key(3), jnp.asarray(batch)))
+    out = np.asarray(foreign_patch(jax.random.key(3), jnp.asarray(batch), (0.1, 0.4), (0.0, 1.0)))
     for i in range(len(batch)):
         changed = np.abs(out[i, ..., 0] - batch[i, ..., 0]) > 1e-7
         rows, cols = np.nonzero(changed)
