@@ -2,7 +2,7 @@
 
     hatch run bench-quality [--datasets nih pediatric] [--variants unet ra ae ae-latent4 ...]
                             [--size 64] [--epochs N] [--max-steps N] [--out bench/quality.json]
-                            [--readme README.md]
+                            [--readme README.md] [--set KEY=VALUE ... --tag NAME]
 
 For each data set and variant (a model family at its defaults, or one named option of it), in
 a fresh process each: train on the normal images of the training patients, then evaluate. The
@@ -27,6 +27,11 @@ Data sets:
   pediatric chest X-rays from the training part of Kermany et al.'s set), read as an image
   folder with the packaged ``pediatric`` config (patients from the file names).
 
+Settings of one's own are measured with ``--set KEY=VALUE`` (repeatable, any config key, as
+``hatch run train --set``), applied to every variant after the variant's own; they need
+``--tag NAME``, which names the rows ``<variant>+<NAME>`` (their ``overrides`` list the settings
+that reproduce them), so that they never replace the row of a named variant.
+
 Results are merged into ``--out`` (keyed by data set, variant and image size, so variants can
 be run one at a time) and, with ``--readme``, written as the table between the
 ``<!-- quality-table -->`` markers of the README.
@@ -44,6 +49,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from imgae_dx_jax.config import ConfigError, load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # the machine description shared by the benchmarks
@@ -220,17 +227,47 @@ REFERENCE = "image-statistic"
 TABLE_START, TABLE_END = "<!-- quality-table -->", "<!-- /quality-table -->"
 
 
+def custom_variant(
+    variant: str, settings: list[str], tag: str | None
+) -> tuple[str, str, list[str]]:
+    """The row name, model family and overrides of ``variant`` with ``--set`` ``settings``.
+
+    Without settings, the variant itself. With them, the rows are ``<variant>+<tag>`` and the
+    settings come after the variant's own overrides (a later setting of a key wins).
+
+    Raises:
+        SystemExit: when there are settings but no tag, or the settings are not a valid config
+            (the message names the key, as ``hatch run train --set`` does).
+    """
+    family, overrides = VARIANTS[variant]
+    if not settings:
+        return variant, family, overrides
+    if not tag:
+        raise SystemExit(
+            "--set needs --tag NAME: the rows are named <variant>+<NAME>, so that they never "
+            "replace the row of a named variant"
+        )
+    try:
+        load_config(None, [f"model.name={family}", *overrides, *settings])
+    except ConfigError as err:
+        raise SystemExit(f"bench-quality: {err}") from None
+    return f"{variant}+{tag}", family, [*overrides, *settings]
+
+
 def run_variant(
     dataset: str,
-    variant: str,
+    variant: tuple[str, str, list[str]],
     size: int,
     epochs: int | None,
     max_steps: int | None,
     workdir: Path,
 ) -> list[dict[str, Any]]:
-    """Train and evaluate one variant in a fresh process; return its row and the reference's."""
-    family, overrides = VARIANTS[variant]
-    run_dir = workdir / f"{dataset}-{variant}-{size}"
+    """Train and evaluate one variant in a fresh process; return its row and the reference's.
+
+    ``variant`` is the row name, model family and ``--set`` overrides (:func:`custom_variant`).
+    """
+    name, family, overrides = variant
+    run_dir = workdir / f"{dataset}-{name}-{size}"
     command = [
         sys.executable,
         __file__,
@@ -253,11 +290,11 @@ def run_variant(
         command += ["--epochs", str(epochs)]
     if max_steps is not None:
         command += ["--set", f"train.max_steps={max_steps}"]
-    print(f"== {dataset} / {variant} / {size} px", flush=True)
+    print(f"== {dataset} / {name} / {size} px", flush=True)
     load_before = os.getloadavg()[0]
     result = subprocess.run(command, check=False, stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"{dataset}/{variant} failed with exit code {result.returncode}")
+        raise SystemExit(f"{dataset}/{name} failed with exit code {result.returncode}")
     worker = json.loads(result.stdout.strip().splitlines()[-1])
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -274,7 +311,7 @@ def run_variant(
     }
     row = {
         "dataset": dataset,
-        "variant": variant,
+        "variant": name,
         "model": family,
         "overrides": overrides,
         "image_size": size,
@@ -445,13 +482,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "quality.json")
     parser.add_argument("--readme", type=Path, help="update this README's quality table")
     parser.add_argument("--keep", type=Path, help="keep the run directories here")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="settings",
+        help="a config setting for every variant, after its own (repeatable; needs --tag)",
+    )
+    parser.add_argument("--tag", help="with --set: the rows are named <variant>+<TAG>")
     args = parser.parse_args()
+    if args.tag and not args.settings:
+        raise SystemExit("--tag names rows measured with --set: give the settings")
+    variants = [custom_variant(v, args.settings, args.tag) for v in args.variants]
     if "pediatric" in args.datasets and not PEDIATRIC.is_file():
         raise SystemExit(f"{PEDIATRIC} is missing: the pediatric set ships with a git checkout")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.keep or Path(tmp)
         for dataset in args.datasets:
-            for variant in args.variants:
+            for variant in variants:
                 rows = run_variant(
                     dataset, variant, args.size, args.epochs, args.max_steps, workdir
                 )

@@ -154,6 +154,23 @@ def test_each_evaluation_adds_the_row_of_the_model_free_reference_it_scored():
     assert "| -mean | 0.14 / 0.93 | 0 (0) | none (no model) | 0 |" in line
 
 
+def test_settings_of_ones_own_are_measured_as_tagged_rows_over_a_variant():
+    quality = load("bench_quality")
+    assert quality.custom_variant("unet", [], None) == ("unet", "unet", [])
+    name, family, overrides = quality.custom_variant(
+        "unet-patch1", ["model.unet.noise=patch"], "patch-only"
+    )
+    assert (name, family) == ("unet-patch1+patch-only", "unet")
+    assert overrides == [*quality.VARIANTS["unet-patch1"][1], "model.unet.noise=patch"]
+    with pytest.raises(SystemExit, match="--set needs --tag NAME"):
+        quality.custom_variant("unet", ["model.unet.noise=patch"], None)
+    # A broken setting stops before any training, naming its key.
+    with pytest.raises(SystemExit, match=re.escape("model.unet.noise")):
+        quality.custom_variant("unet", ["model.unet.noise=sometimes"], "x")
+    with pytest.raises(SystemExit, match=re.escape("model.unet.widthz")):
+        quality.custom_variant("unet", ["model.unet.widthz=[8]"], "x")
+
+
 def test_every_quality_command_in_the_docs_names_known_variants_and_data_sets():
     """A ``bench-quality`` command in the README or docs runs: its variants and data sets exist
     (argparse would reject an unknown one)."""
