@@ -43,6 +43,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -236,8 +237,9 @@ def custom_variant(
     settings come after the variant's own overrides (a later setting of a key wins).
 
     Raises:
-        SystemExit: when there are settings but no tag, or the settings are not a valid config
-            (the message names the key, as ``hatch run train --set`` does).
+        SystemExit: when there are settings but no tag (or a tag that is not a plain name),
+            or the settings are not a valid config (the message names the key, as ``hatch run
+            train --set`` does).
     """
     family, overrides = VARIANTS[variant]
     if not settings:
@@ -247,6 +249,8 @@ def custom_variant(
             "--set needs --tag NAME: the rows are named <variant>+<NAME>, so that they never "
             "replace the row of a named variant"
         )
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", tag):
+        raise SystemExit(f"--tag {tag!r}: use letters, digits, '.', '_' and '-' (it names rows)")
     try:
         load_config(None, [f"model.name={family}", *overrides, *settings])
     except ConfigError as err:
