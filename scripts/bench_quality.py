@@ -238,10 +238,12 @@ def custom_variant(
 
     Raises:
         SystemExit: when there are settings but no tag (or a tag that is not a plain name),
-            or the settings are not a valid config (the message names the key, as ``hatch run
-            train --set`` does).
+            a tag but no settings, or the settings are not a valid config (the message names
+            the key, as ``hatch run train --set`` does).
     """
     family, overrides = VARIANTS[variant]
+    if tag and not settings:
+        raise SystemExit("--tag names rows measured with --set: give the settings")
     if not settings:
         return variant, family, overrides
     if not tag:
@@ -496,8 +498,6 @@ def main() -> None:
     )
     parser.add_argument("--tag", help="with --set: the rows are named <variant>+<TAG>")
     args = parser.parse_args()
-    if args.tag and not args.settings:
-        raise SystemExit("--tag names rows measured with --set: give the settings")
     variants = [custom_variant(v, args.settings, args.tag) for v in args.variants]
     if "pediatric" in args.datasets and not PEDIATRIC.is_file():
         raise SystemExit(f"{PEDIATRIC} is missing: the pediatric set ships with a git checkout")

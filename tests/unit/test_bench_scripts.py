@@ -164,6 +164,8 @@ def test_settings_of_ones_own_are_measured_as_tagged_rows_over_a_variant():
     assert overrides == [*quality.VARIANTS["unet-patch1"][1], "model.unet.noise=patch"]
     with pytest.raises(SystemExit, match="--set needs --tag NAME"):
         quality.custom_variant("unet", ["model.unet.noise=patch"], None)
+    with pytest.raises(SystemExit, match="--tag names rows measured with --set"):
+        quality.custom_variant("unet", [], "patch-only")
     with pytest.raises(SystemExit, match="--tag 'a/b'"):  # it names rows and run directories
         quality.custom_variant("unet", ["model.unet.noise=patch"], "a/b")
     # A broken setting stops before any training, naming its key.
