@@ -122,7 +122,7 @@ def compare_runs(
                 "bootstrap": n_bootstrap,
                 "seed": seed,
             },
-            out_dir or default_out_dir(run_dirs, source),
+            out_dir or default_out_dir(run_dirs, source, data),
         )
         return evaluate_runs(
             run_dirs,

@@ -134,14 +134,23 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         type=Path,
-        help="output directory (default: RUN/eval for one run, reports/A-vs-B for several)",
+        help=(
+            "output directory (default: RUN/eval for one run, RUN/eval-SOURCE on other "
+            "data, reports/A-vs-B for several)"
+        ),
     )
     parser.add_argument(
         "--source",
         choices=SOURCES,
         help="evaluate on other data of the NIH layout instead of the run's own",
     )
-    parser.add_argument("--data", help="where: archive ZIP, folder, URL or Kaggle dataset slug")
+    parser.add_argument(
+        "--data",
+        help=(
+            "where: archive ZIP, folder, URL or Kaggle dataset slug (alone: other data of the "
+            "run's own source)"
+        ),
+    )
     parser.add_argument(
         "--bootstrap",
         type=int,

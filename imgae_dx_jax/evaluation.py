@@ -385,11 +385,18 @@ def _check_same_test_split(models: Sequence[tuple[Path, Splits]]) -> None:
             )
 
 
-def default_out_dir(run_dirs: Sequence[Path], source: str | None) -> Path:
-    """``<run>/eval`` for one run (``<run>/eval-<source>`` on other data), else ``reports/``."""
+def default_out_dir(run_dirs: Sequence[Path], source: str | None, data: str | None = None) -> Path:
+    """``<run>/eval`` for one run on its own data, else ``reports/<run>-vs-<run>...``.
+
+    One run on other data (``source`` or ``data`` given) writes to ``<run>/eval-<source>``,
+    with the run's own ``data.source`` when only ``data`` is given, so that its own report
+    in ``<run>/eval`` is never overwritten.
+    """
     if len(run_dirs) == 1:
-        return rundir.eval_dir(run_dirs[0], source)
-    return Path("reports") / "-vs-".join(p.name for p in run_dirs)
+        if source is None and data is not None:
+            source = rundir.load_export_config(Path(run_dirs[0])).data.source
+        return rundir.eval_dir(Path(run_dirs[0]), source)
+    return Path("reports") / "-vs-".join(Path(p).name for p in run_dirs)
 
 
 def check_request(run_dirs: Sequence[Path], n_bootstrap: int) -> None:
@@ -470,7 +477,7 @@ def evaluate_runs(
         for model in models:
             versus = paired(model.name, model.test, REFERENCE, reference_test, n_bootstrap, seed)
             model.metrics["reference"] = reference | {"difference": versus}
-    out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs, source)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs, source, data)
     out.mkdir(parents=True, exist_ok=True)
     comparison = Comparison(
         models=models,

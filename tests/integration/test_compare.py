@@ -9,6 +9,7 @@ import shutil
 import pytest
 import yaml
 
+from imgae_dx_jax.data.stores import sample_archive_path
 from imgae_dx_jax.evaluate import main as evaluate_main
 from imgae_dx_jax.train import main as train_main
 
@@ -164,3 +165,11 @@ def test_other_data_source_writes_beside_the_run_and_keeps_its_threshold(runs, c
     metrics = json.loads((run / "eval-sample" / "metrics.json").read_text())
     assert metrics["model"] == "unet" and (run / "eval-sample" / "report.html").is_file()
     assert (run / "export" / "threshold.json").read_text() == threshold
+    # Other data given by --data alone (the run's own source) also goes beside the run's own
+    # report, never over it.
+    own = (run / "eval" / "metrics.json").read_bytes()
+    shutil.rmtree(run / "eval-sample")
+    args = ["--run", str(run), "--data", str(sample_archive_path()), "--wandb", "disabled"]
+    assert evaluate_main(args) == 0
+    assert (run / "eval" / "metrics.json").read_bytes() == own
+    assert (run / "eval-sample" / "metrics.json").is_file()
