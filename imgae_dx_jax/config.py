@@ -180,10 +180,15 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
     if d.timeout <= 0:
         fail("data.timeout", "must be > 0 seconds")
     if not d.stages:
-        fail("data.stages", "at least one stage is needed (e.g. images_001, or all)")
+        fail("data.stages", "at least one stage is needed (e.g. [images_001])")
     for stage in d.stages:
         if stage not in STAGES:
-            fail("data.stages", f"unknown stage {stage!r}; stages are images_001 .. images_012")
+            hint = " (all twelve: list them, or --stage all on the command line)"
+            fail(
+                "data.stages",
+                f"unknown stage {stage!r}; stages are images_001 .. images_012"
+                + (hint if stage == "all" else ""),
+            )
     if len(d.split) != 3 or any(f < 0 for f in d.split) or abs(sum(d.split) - 1) > 1e-6:
         fail("data.split", f"three non-negative fractions summing to 1 expected, got {d.split}")
     if min(d.split) <= 0:

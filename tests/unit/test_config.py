@@ -36,6 +36,8 @@ def test_overrides_apply_in_order_and_coerce_types():
         ("data.image_size=60", "divisible by 2^4"),
         ("model.name=vae", "unknown model 'vae'"),
         ("data.stages=[images_013]", "unknown stage 'images_013'"),
+        ("data.stages=all", "or --stage all on the command line"),
+        ("data.stages=[]", "at least one stage is needed"),
         ("data.source=archive", "needs data.path"),
         ("data.split=[0.5,0.5]", "data.split"),
         ("eval.score=top3", "eval.score: unknown score 'top3'; choose one of auto, mean"),
