@@ -13,12 +13,15 @@ The rules of :data:`RULES` (config ``eval.threshold``, the names of
 * ``f1``: the threshold maximising F1 on validation. Where abnormal images dominate it tends
   to call everything abnormal; kept as an option.
 
-A new rule is one function here and one entry in :data:`RULES`.
+A new rule is one entry in :data:`RULES` (how it chooses, and its name in reports) and its
+name in :data:`imgae_dx_jax.schema.THRESHOLD_RULES`, which the config is validated against
+(the schema cannot import this module; a unit test checks that the two agree).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -72,12 +75,24 @@ def youden_threshold(labels: ArrayLike, scores: ArrayLike) -> float:
     return float(thresholds[int(np.argmax(tpr - fpr))])
 
 
-RULES: dict[str, Callable[[ArrayLike, ArrayLike, float], float]] = {
-    "specificity": specificity_threshold,
-    "youden": lambda labels, scores, _target: youden_threshold(labels, scores),
-    "f1": lambda labels, scores, _target: best_f1(labels, scores)[1],
+class Rule(NamedTuple):
+    """A threshold rule: how it chooses, and how a report names it."""
+
+    choose: Callable[[ArrayLike, ArrayLike, float], float]
+    """``(labels, scores, target) -> threshold``."""
+    describe: Callable[[float], str]
+    """``target -> the rule in words``."""
+
+
+RULES: dict[str, Rule] = {
+    "specificity": Rule(specificity_threshold, lambda t: f"{100 * t:g}% specificity on normals"),
+    "youden": Rule(
+        lambda labels, scores, _target: youden_threshold(labels, scores),
+        lambda _t: "maximum Youden's J (TPR - FPR)",
+    ),
+    "f1": Rule(lambda labels, scores, _target: best_f1(labels, scores)[1], lambda _t: "maximum F1"),
 }
-"""Threshold rules by their ``eval.threshold`` name: ``(labels, scores, target) -> threshold``."""
+"""Threshold rules by their ``eval.threshold`` name."""
 
 
 def select_threshold(
@@ -106,16 +121,12 @@ def select_threshold(
     if rule not in RULES:
         choices = ", ".join(RULES)
         raise ValueError(f"unknown threshold rule {rule!r}; choose one of {choices}")
-    return RULES[rule](labels, scores, target)
+    return RULES[rule].choose(labels, scores, target)
 
 
 def describe_rule(rule: str, target: float) -> str:
     """The rule in words, for reports: e.g. ``95% specificity on normals``."""
-    return {
-        "specificity": f"{100 * target:g}% specificity on normals",
-        "youden": "maximum Youden's J (TPR - FPR)",
-        "f1": "maximum F1",
-    }[rule]
+    return RULES[rule].describe(target)
 
 
 def choose_score(

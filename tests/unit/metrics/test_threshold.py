@@ -7,12 +7,14 @@ import pytest
 
 from imgae_dx_jax.metrics.image import rates_at, roc_auc
 from imgae_dx_jax.metrics.threshold import (
+    RULES,
     choose_score,
     describe_rule,
     select_threshold,
     specificity_threshold,
     youden_threshold,
 )
+from imgae_dx_jax.schema import THRESHOLD_RULES
 
 
 def test_specificity_threshold_is_the_quantile_of_the_normal_scores() -> None:
@@ -77,6 +79,11 @@ def test_describe_rule() -> None:
     assert describe_rule("specificity", 0.95) == "95% specificity on normals"
     assert describe_rule("specificity", 0.975) == "97.5% specificity on normals"
     assert "Youden" in describe_rule("youden", 0.95)
+    assert describe_rule("f1", 0.95) == "maximum F1"
+
+
+def test_the_config_accepts_exactly_the_rules_there_are() -> None:
+    assert tuple(RULES) == THRESHOLD_RULES
 
 
 def test_choose_score_picks_the_best_validation_auroc_ties_to_the_simplest() -> None:
