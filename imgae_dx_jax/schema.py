@@ -57,7 +57,9 @@ class DataConfig:
     split: tuple[float, float, float]
     """Train/validation/test fractions of *patients* when no official split list exists."""
     official_split: bool
-    """Use NIH's ``train_val_list.txt``/``test_list.txt`` when the archive has them."""
+    """Use the data's own split when it has one: NIH's ``test_list.txt`` as the test set, an
+    image folder's top-level ``train/``, ``val/``, ``test/`` folders as the splits; false
+    splits by patient with ``split`` and ``split_seed`` instead."""
     split_seed: int
     """Seed of the patient split."""
     num_threads: int
@@ -287,7 +289,8 @@ class RunConfig:
     """Where results go."""
 
     root: str
-    """Directory under which each run gets ``<model>-<stages>-<timestamp>/``."""
+    """Directory of the runs: by default a run is ``<root>/<model>``, so that the same
+    command continues the same run (``--run-dir`` names another)."""
 
 
 @dataclass(frozen=True)

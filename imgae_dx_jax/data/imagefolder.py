@@ -76,7 +76,8 @@ def build_imagefolder_catalog(
             (counted and logged).
 
     Raises:
-        DataError: no images in class folders, or only one class in a tree without splits.
+        DataError: no images in class folders, or no class folder is normal (a tree of
+            normal images only is accepted: training needs nothing else).
     """
     images = [
         n

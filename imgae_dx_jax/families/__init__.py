@@ -3,7 +3,10 @@
 Every caller reaches a family's roles through this table (the model it builds, its
 optimisers, train step, validation losses and anomaly map); nothing else switches on the
 family name. A new family is one module defining its ``FAMILY`` plus one entry in
-:data:`FAMILIES` (and its config section in :mod:`imgae_dx_jax.config`).
+:data:`FAMILIES`, with its config section in :mod:`imgae_dx_jax.schema` (a dataclass, a field
+of ``ModelConfig`` and its name in ``schema.MODELS``, which the config is validated against;
+a unit test checks that ``MODELS`` and :data:`FAMILIES` agree) and its defaults in
+``configs/default.yaml``.
 """
 
 from __future__ import annotations
