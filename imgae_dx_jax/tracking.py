@@ -92,7 +92,6 @@ class Tracker:
         entity: str = "",
         directory: str | Path = "",
         job_type: str = "train",
-        images_every: int = 0,
     ) -> None:
         """Describe the W&B run; nothing is created before :meth:`start`.
 
@@ -102,8 +101,6 @@ class Tracker:
             entity: W&B user or team; empty for the account's default.
             directory: where W&B writes ``wandb/``; empty for the ``run_dir`` of :meth:`start`.
             job_type: ``train`` or ``evaluate`` (shown in the W&B UI).
-            images_every: how often the training loop should call :meth:`log_images`, in
-                steps (0: never); read it back from :attr:`images_every`.
 
         Raises:
             TrackingError: for an unknown mode.
@@ -115,7 +112,6 @@ class Tracker:
         self.entity = entity
         self.directory = Path(directory) if str(directory) else None
         self.job_type = job_type
-        self.images_every = images_every
         self._run: Any = None
 
     @classmethod
@@ -138,7 +134,6 @@ class Tracker:
             entity=tracking.entity,
             directory=tracking.dir,
             job_type=job_type,
-            images_every=tracking.images_every,
         )
 
     @property
