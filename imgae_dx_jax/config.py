@@ -23,6 +23,7 @@ import yaml
 
 from imgae_dx_jax.errors import ConfigError
 from imgae_dx_jax.schema import (
+    CACHE_OFF,
     ENSEMBLE_MAPS,
     FAST_PATHS,
     INTENSITIES,
@@ -40,6 +41,7 @@ from imgae_dx_jax.schema import (
     UNET_NOISES,
     WANDB_MODES,
     Config,
+    DataConfig,
 )
 
 
@@ -53,6 +55,14 @@ def parse_stages(text: str) -> list[str]:
 def user_cache_dir() -> Path:
     """The per-user cache directory: ``$XDG_CACHE_HOME/imgae_dx_jax`` or ``~/.cache/...``."""
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "imgae_dx_jax"
+
+
+def cache_dir_of(data: DataConfig) -> Path:
+    """The cache directory: ``data.cache_dir`` expanded, or :func:`user_cache_dir` if empty.
+
+    It holds the stage caches, downloads and (by default) the compiled steps.
+    """
+    return Path(data.cache_dir).expanduser() if data.cache_dir else user_cache_dir()
 
 
 def default_config_path() -> Path:
@@ -256,10 +266,11 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
     one_of("train.lr_schedule", t.lr_schedule, LR_SCHEDULES, "schedule")
     one_of("train.select_checkpoint", t.select_checkpoint, SELECTIONS, "value")
     one_of("train.precision", t.precision, PRECISIONS, "precision")
-    if t.compilation_cache not in ("", "none") and Path(t.compilation_cache).expanduser().is_file():
+    cache = t.compilation_cache
+    if cache not in ("", CACHE_OFF) and Path(cache).expanduser().is_file():
         fail(
             "train.compilation_cache",
-            f'{t.compilation_cache!r} is a file; give a directory, "" (the default) or none',
+            f'{cache!r} is a file; give a directory, "" (the default) or {CACHE_OFF}',
         )
     if t.local_checkpoint_dir and Path(t.local_checkpoint_dir).expanduser().is_file():
         fail(

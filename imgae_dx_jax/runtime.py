@@ -20,13 +20,11 @@ from pathlib import Path
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 
-from imgae_dx_jax.config import user_cache_dir
-from imgae_dx_jax.schema import Config
+from imgae_dx_jax.config import cache_dir_of
+from imgae_dx_jax.schema import CACHE_OFF, Config
 
 log = logging.getLogger(__name__)
 
-CACHE_OFF = "none"
-"""``train.compilation_cache`` value that disables the persistent compilation cache."""
 CACHE_SUBDIR = "jax_compilation_cache"
 MIN_COMPILE_SECONDS = 1.0
 """Computations that compile faster than this are not written to the cache."""
@@ -115,8 +113,7 @@ def compilation_cache_dir(config: Config) -> Path | None:
         return None
     if setting:
         return Path(setting).expanduser()
-    data_cache = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else None
-    return (data_cache or user_cache_dir()) / CACHE_SUBDIR
+    return cache_dir_of(config.data) / CACHE_SUBDIR
 
 
 def enable_compilation_cache(

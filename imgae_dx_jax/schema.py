@@ -28,6 +28,8 @@ SCORES = ("mean", "top25", "top10", "top5", "top1")
 """Candidate image scores (:mod:`imgae_dx_jax.inference`), simplest first: ``mean`` of the
 anomaly map, ``top<k>`` the mean of its top k% pixels after a 5x5 median filter."""
 THRESHOLD_RULES = ("specificity", "youden", "f1")
+CACHE_OFF = "none"
+"""``train.compilation_cache`` value that disables the persistent compilation cache."""
 RA_MAPS = ("residual", "saliency")
 """Anomaly maps of the RA (``model.ra.anomaly_map``): the plain residual (the default, chosen
 on validation patients), or the residual times the encoder saliency (the paper's form, with the

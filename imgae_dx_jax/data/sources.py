@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imgae_dx_jax.config import user_cache_dir
+from imgae_dx_jax.config import cache_dir_of
 from imgae_dx_jax.data import imagefolder, kaggle
 from imgae_dx_jax.data.archive import ZipStore
 from imgae_dx_jax.data.http import open_url, public_url
@@ -28,11 +28,6 @@ from imgae_dx_jax.data.nih import Catalog, build_catalog
 from imgae_dx_jax.data.stores import FolderStore, Store, sample_archive_path
 from imgae_dx_jax.errors import DataError
 from imgae_dx_jax.schema import NIH_SOURCES, DataConfig
-
-
-def cache_dir_of(data: DataConfig) -> Path:
-    """The configured cache directory, expanded."""
-    return Path(data.cache_dir).expanduser() if data.cache_dir else user_cache_dir()
 
 
 def open_store(data: DataConfig) -> Store:
