@@ -6,25 +6,16 @@ from collections.abc import Callable
 
 import numpy as np
 
-from imgae_dx_jax.metrics.image import bootstrap_ci
+from imgae_dx_jax.metrics.image import bootstrap_ci, cumulative_counts
 from imgae_dx_jax.results import SplitScores
 
 CURVE_GRID = np.linspace(0.0, 1.0, 101)
 """FPR (ROC) and recall (PR) values at which bootstrap curve bands are computed."""
 
 
-def _cumulative_counts(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """True and false positives at each distinct score taken as the threshold, highest first."""
-    order = np.argsort(-scores, kind="stable")
-    ranked = scores[order]
-    last = np.concatenate((np.flatnonzero(ranked[1:] != ranked[:-1]), [ranked.size - 1]))
-    tp = np.cumsum(labels[order])[last]
-    return tp, last + 1 - tp
-
-
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ROC curve ``(fpr, tpr)`` from (0, 0) through every distinct threshold (lines join them)."""
-    tp, fp = _cumulative_counts(labels, scores)
+    _, tp, fp = cumulative_counts(labels, scores)
     n_pos = labels.sum()
     return np.concatenate(([0.0], fp / (labels.size - n_pos))), np.concatenate(([0.0], tp / n_pos))
 
@@ -35,7 +26,7 @@ def pr_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     Drawn as steps (``steps-pre``) its area is the AUPRC of
     :func:`~imgae_dx_jax.metrics.image.average_precision`.
     """
-    tp, fp = _cumulative_counts(labels, scores)
+    _, tp, fp = cumulative_counts(labels, scores)
     precision = tp / (tp + fp)
     return np.concatenate(([0.0], tp / labels.sum())), np.concatenate((precision[:1], precision))
 

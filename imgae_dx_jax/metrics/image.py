@@ -72,8 +72,10 @@ def _midranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cumulative_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cumulative true/false positives at every distinct score used as a threshold.
+
+    ``y`` (1 abnormal, 0 normal) and ``s`` are numpy arrays of one image each, not validated.
 
     Returns:
         ``(thresholds, tp, fp)``: distinct scores in decreasing order and, for each, the number
@@ -104,7 +106,7 @@ def operating_points(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, 
 
     """
     y, s = _both_classes(labels, scores)
-    thresholds, tp, fp = _counts(y, s)
+    thresholds, tp, fp = cumulative_counts(y, s)
     n_pos = int(y.sum())
     return thresholds, tp / n_pos, fp / (y.size - n_pos)
 
@@ -205,7 +207,7 @@ def average_precision(labels: ArrayLike, scores: ArrayLike) -> float:
 
     """
     y, s = _both_classes(labels, scores)
-    _, tp, fp = _counts(y, s)
+    _, tp, fp = cumulative_counts(y, s)
     recall = tp / y.sum()
     precision = tp / (tp + fp)
     return float(np.sum(np.diff(recall, prepend=0.0) * precision))
@@ -230,7 +232,7 @@ def fpr_at_tpr(labels: ArrayLike, scores: ArrayLike, tpr: float = 0.95) -> float
     if not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr must be in (0, 1], got {tpr}")
     y, s = _both_classes(labels, scores)
-    _, tp, fp = _counts(y, s)
+    _, tp, fp = cumulative_counts(y, s)
     # TPR and FPR both grow as the threshold falls, so the first qualifying threshold is best.
     first = int(np.argmax(tp / y.sum() >= tpr))
     return float(fp[first] / (y.size - y.sum()))
@@ -254,7 +256,7 @@ def best_f1(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
 
     """
     y, s = _both_classes(labels, scores)
-    thresholds, tp, fp = _counts(y, s)
+    thresholds, tp, fp = cumulative_counts(y, s)
     f1 = 2.0 * tp / (tp + fp + y.sum())  # 2TP / (2TP + FP + FN), as TP + FN = positives
     best = f1.size - 1 - int(np.argmax(f1[::-1]))  # last maximum = lowest threshold
     return float(f1[best]), float(thresholds[best])
