@@ -165,7 +165,7 @@ def package_requirement(package: str, patterns: list[str]) -> str:
 
 
 if importlib.util.find_spec("imgae_dx_jax") is None:
-    jax_plugin = {"gpu": ["jax[cuda12]>=0.7"], "tpu": ["jax[tpu]>=0.7"], "cpu": []}
+    jax_plugin = {"gpu": ["jax[cuda12]>=0.8.1"], "tpu": ["jax[tpu]>=0.8.1"], "cpu": []}
     requirements = [package_requirement(PACKAGE, WHEELS), *jax_plugin[machine_accelerator()]]
     print("pip install", *requirements)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *requirements], check=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,16 @@ def test_shared_cells_are_the_same_in_every_notebook(marker, start, end):
         copies[name] = _shared(cell.source, start, end)
     assert len(copies) == 3
     assert len(set(copies.values())) == 1, f"the notebooks' copies differ: {sorted(copies)}"
+
+
+def test_the_notebooks_install_the_jax_plugins_the_package_declares():
+    """Before the package is installed a notebook names the accelerator's JAX plugin itself:
+    the same requirement as the package's ``cuda`` and ``tpu`` extras."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for path in sorted(SOURCES.glob("*.py")):
+        source = path.read_text()
+        for extra in ("cuda", "tpu"):
+            (requirement,) = extras[extra]
+            assert f'"{requirement}"' in source, f"{path.name}: not {requirement} ({extra})"
