@@ -17,13 +17,10 @@ traceback. A signal that stops training after its checkpoint exits with 128 + th
 from __future__ import annotations
 
 import argparse
-import netrc
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 import yaml
@@ -36,7 +33,7 @@ from imgae_dx_jax.errors import ImgaeError, Interrupted
 from imgae_dx_jax.logs import setup_logging
 from imgae_dx_jax.results import Prediction
 from imgae_dx_jax.schema import MODELS, PRECISIONS, SOURCES, WANDB_MODES
-from imgae_dx_jax.tracking import public_config
+from imgae_dx_jax.tracking import public_config, wandb_credentials, wandb_server
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -345,20 +342,6 @@ def _reach(url: str, timeout: float) -> tuple[bool, str]:
     return True, f"{url} answered HTTP {response.status_code}"
 
 
-def _wandb_credentials() -> str | None:
-    """Where W&B credentials are (WANDB_API_KEY, or a ~/.netrc entry ``wandb login`` wrote)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return "WANDB_API_KEY environment variable"
-    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or ""
-    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
-    try:
-        if netrc.netrc(str(path)).authenticators(host):
-            return f"{path} entry for {host}"
-    except (OSError, netrc.NetrcParseError):
-        pass
-    return None
-
-
 def _check(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     status = kaggle.credentials_status()
@@ -384,7 +367,7 @@ def _check(args: argparse.Namespace) -> int:
             "disabled": " (nothing is logged to W&B; metrics.jsonl is written anyway)",
         }[mode]
     )
-    found = _wandb_credentials()
+    found = wandb_credentials()
     if found:
         print(f"W&B credentials: found ({found})")
     else:
@@ -394,7 +377,7 @@ def _check(args: argparse.Namespace) -> int:
         print("reachability: not checked (--offline)")
         return 0
     kaggle_url = args.kaggle_endpoint or kaggle.API_ENDPOINT
-    wandb_url = args.wandb_endpoint or os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    wandb_url = args.wandb_endpoint or wandb_server()
     for name, url in (("Kaggle API", kaggle_url), ("W&B server", wandb_url)):
         ok, detail = _reach(url, args.timeout)
         print(f"{name}: {'reachable' if ok else 'not reachable'} ({kaggle.scrub(detail)})")

@@ -12,6 +12,8 @@ replaced, and URLs lose their user info and query string (signed download URLs).
 
 from __future__ import annotations
 
+import netrc
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +26,33 @@ import numpy as np
 from imgae_dx_jax.config import to_dict
 from imgae_dx_jax.errors import TrackingError
 from imgae_dx_jax.schema import WANDB_MODES, Config, TrackingConfig
+
+WANDB_SERVER = "https://api.wandb.ai"
+"""The W&B server when ``WANDB_BASE_URL`` names no other."""
+
+
+def wandb_server() -> str:
+    """The W&B server URL: ``$WANDB_BASE_URL``, or :data:`WANDB_SERVER`."""
+    return os.environ.get("WANDB_BASE_URL") or WANDB_SERVER
+
+
+def wandb_credentials() -> str | None:
+    """Where W&B credentials are, in words; None when there are none (never the key itself).
+
+    ``WANDB_API_KEY``, or the ``~/.netrc`` entry that ``wandb login`` wrote for
+    :func:`wandb_server`.
+    """
+    if os.environ.get("WANDB_API_KEY"):
+        return "WANDB_API_KEY environment variable"
+    host = urlsplit(wandb_server()).hostname or ""
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        if netrc.netrc(str(path)).authenticators(host):
+            return f"{path} entry for {host}"
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return None
+
 
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_?key|credential|auth)", re.I)
 REDACTED = "<redacted>"

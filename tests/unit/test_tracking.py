@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from imgae_dx_jax.config import ConfigError, load_config, to_dict
-from imgae_dx_jax.tracking import REDACTED, Tracker, TrackingError, public_config
+from imgae_dx_jax.tracking import (
+    REDACTED,
+    Tracker,
+    TrackingError,
+    public_config,
+    wandb_credentials,
+    wandb_server,
+)
 
 SIGNED = "https://storage.example.com/archive.zip?X-Goog-Signature=deadbeef"
 
@@ -93,3 +100,19 @@ def test_bad_modes_are_rejected():
         Tracker("sometimes")
     with pytest.raises(ConfigError, match=r"tracking\.wandb"):
         load_config(overrides=["tracking.wandb=sometimes"])
+
+
+def test_wandb_credentials_say_where_never_what(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    netrc = tmp_path / "netrc"
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert wandb_credentials() is None  # no file
+    netrc.write_text("machine example.org login user password 0123456789abcdef\n")
+    netrc.chmod(0o600)
+    assert wandb_server() == "https://api.wandb.ai" and wandb_credentials() is None
+    monkeypatch.setenv("WANDB_BASE_URL", "https://example.org")
+    assert wandb_credentials() == f"{netrc} entry for example.org"
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
+    found = wandb_credentials()
+    assert found == "WANDB_API_KEY environment variable" and "0123" not in found
