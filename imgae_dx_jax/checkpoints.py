@@ -485,6 +485,20 @@ def export_model(run_dir: Path, config: Config, host_state: Any) -> None:
     staging.rename(export)
 
 
+def update_export_config(run_dir: Path, config: Config) -> None:
+    """Give the run's export this invocation's settings where they changed; the model stays.
+
+    A rerun may change only settings that leave the exported model as it is (``eval.*``,
+    tracking, ...; :func:`imgae_dx_jax.run_dir.check_compatible`), and evaluation and
+    prediction read the export's config: without this they would keep the former settings.
+    Process 0 writes it alone.
+    """
+    if not distributed.is_main_process() or rundir.load_export_config(run_dir) == config:
+        return
+    rundir.write_config(config, rundir.export_dir(run_dir))
+    log.info("export: its config takes this invocation's settings (the model is unchanged)")
+
+
 def restore_model(run_dir: Path, config: Config) -> nnx.Module:
     """Load the run's inference export (``<run>/export/model``) without any training state.
 

@@ -179,10 +179,14 @@ def _fill_missing(tree: dict[str, Any], defaults: dict[str, Any], prefix: str = 
 def write_config(config: Config, directory: Path) -> None:
     """Write ``<directory>/config.yaml`` (a run directory or its export).
 
-    The resolved configuration as YAML, headed by the package version.
+    The resolved configuration as YAML, headed by the package version; written beside the
+    file and renamed over it, so a crash leaves the previous file or the new one, whole.
     """
     header = f"# imgae-dx-jax {__version__}\n"
-    (directory / CONFIG).write_text(header + yaml.safe_dump(to_dict(config), sort_keys=False))
+    path = directory / CONFIG
+    staging = path.with_name(f".{CONFIG}.tmp")
+    staging.write_text(header + yaml.safe_dump(to_dict(config), sort_keys=False))
+    staging.replace(path)
 
 
 def load_export_config(run_dir: Path) -> Config:

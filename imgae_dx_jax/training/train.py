@@ -20,7 +20,7 @@ from flax import nnx
 
 from imgae_dx_jax import distributed
 from imgae_dx_jax import run_dir as rundir
-from imgae_dx_jax.checkpoints import Checkpoints, export_model
+from imgae_dx_jax.checkpoints import Checkpoints, export_model, update_export_config
 from imgae_dx_jax.config import ConfigError, from_dict, to_dict
 from imgae_dx_jax.data import load_splits
 from imgae_dx_jax.data.sources import source_stages
@@ -180,6 +180,7 @@ def train(
                     progress.best_auroc_step,
                     progress.best_val_auroc or float("nan"),
                 )
+                update_export_config(run_dir, run_config)
         finished = True
     finally:
         checkpoints.close(raise_errors=finished)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -227,6 +228,25 @@ def test_mismatched_or_ineffective_config_is_refused_and_changes_nothing(tmp_pat
     assert train_main([*args[:-2], "--run-dir", str(run), "--resume", "never"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert tree_digest(run) == before
+
+
+def test_a_finished_run_rerun_with_other_evaluation_settings_is_evaluated_with_them(
+    tmp_path, capsys
+):
+    run = tmp_path / "run"
+    args = [*TINY_AE, *COMMON, "--epochs", "1", "--set", "train.max_steps=4", "--run-dir", str(run)]
+    assert train_main(args) == 0
+    params = export_params(run)
+    capsys.readouterr()
+    assert train_main([*args, "--set", "eval.threshold=youden", "--set", "eval.score=mean"]) == 0
+    assert "image score mean (eval.score mean" in capsys.readouterr().out
+    exported = yaml.safe_load((run / "export" / "config.yaml").read_text())
+    assert exported["eval"]["threshold"] == "youden" and exported["eval"]["score"] == "mean"
+    saved = json.loads((run / "export" / "threshold.json").read_text())
+    assert saved["score"] == "mean"
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["threshold_rule"] == "youden"
+    assert all(np.array_equal(params[k], v) for k, v in export_params(run).items())
 
 
 def test_run_of_an_older_release_resumes(tmp_path, capsys):
