@@ -238,7 +238,7 @@ def build_catalog(store: Store, stages: tuple[str, ...]) -> Catalog:
     """Build the catalog of ``stages`` from a store with the Kaggle NIH layout.
 
     Raises:
-        DataError: when the CSV is missing, or no image of the stages is found.
+        DataError: when the CSV is missing, or a stage has no image.
     """
     names = store.names()
     csv_name = _find(names, "Data_Entry_2017.csv")
@@ -270,10 +270,14 @@ def build_catalog(store: Store, stages: tuple[str, ...]) -> Catalog:
                 entry.view,
             )
         )
-    if not records:
+    missing = [s for s in stages if s not in {r.stage for r in records}]
+    if missing:
+        # Before any training: a stage list the data cannot serve would train the stages before
+        # the first missing one and then stop.
         found = ", ".join(f"{s} ({n})" for s, n in sorted(present.items())) or "none"
         raise DataError(
-            f"{store.description}: no images of {', '.join(stages)} found (stages present: {found})"
+            f"{store.description}: no images of {', '.join(missing)} found (stages present: "
+            f"{found}); train the stages the data has"
         )
     if unmatched:
         log.warning("%d images have no row in Data_Entry_2017.csv and are left out", unmatched)

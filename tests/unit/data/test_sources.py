@@ -78,6 +78,15 @@ def test_zip64_deflated_reordered_archives_and_folders_agree(tmp_path, subset):
     assert many == {r.member: subset[r.member] for r in expected.records}
 
 
+def test_a_stage_the_data_lacks_is_refused_before_any_stage_is_read(tmp_path, subset):
+    store = ZipStore(_zip(tmp_path / "one-stage.zip", subset))
+    with pytest.raises(DataError) as info:
+        build_catalog(store, ("images_001", "images_002", "images_003"))
+    message = str(info.value)
+    assert "no images of images_002, images_003 found" in message
+    assert f"stages present: images_001 ({N})" in message
+
+
 def test_zip64_members_really_are_zip64(tmp_path, subset):
     path = _zip(tmp_path / "zip64.zip", subset, zip64=True)
     raw = path.read_bytes()
