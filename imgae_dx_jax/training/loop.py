@@ -80,6 +80,23 @@ def validation_points(steps_per_epoch: int, per_epoch: int) -> list[int]:
     return sorted({max(1, round(steps_per_epoch * k / per_epoch)) for k in range(1, per_epoch + 1)})
 
 
+def validation_batches(n_images: int, batch_size: int, processes: int) -> int:
+    """Full global batches of ``batch_size`` in a validation split of ``n_images`` images.
+
+    The split is read by ``processes`` processes, each taking the same number of batches.
+
+    Raises:
+        ConfigError: when there is not one.
+    """
+    n_batches = n_images // processes // (batch_size // processes)
+    if not n_batches:
+        raise ConfigError(
+            f"train.batch_size: the validation split has {n_images} images, fewer than one "
+            f"batch of {batch_size}; lower train.batch_size"
+        )
+    return n_batches
+
+
 def validation_loss(
     trainer: Trainer, source: ImageSource, config: Config, mesh: jax.sharding.Mesh, step: int
 ) -> dict[str, float]:
@@ -91,12 +108,7 @@ def validation_loss(
     """
     index, count = distributed.process_shard()
     local_batch = config.train.batch_size // count
-    n_batches = len(source) // count // local_batch  # the same number on every process
-    if not n_batches:
-        raise ConfigError(
-            f"train.batch_size: the validation split has fewer than {config.train.batch_size} "
-            "images"
-        )
+    n_batches = validation_batches(len(source), config.train.batch_size, count)
     totals: dict[str, float] = {}
     batches = eval_dataset(source, local_batch, config.data.num_threads, shard=(index, count))
     for number, batch in zip(range(n_batches), batches, strict=False):
@@ -247,10 +259,11 @@ class TrainingLoop:
         train_source = self._source([r for r in self.splits.train if r.stage == stage], train_skips)
         val_records = [r for r in self.splits.val if r.stage in trained]
         val_source = self._source(val_records, val_skips)
+        shard = distributed.process_shard()
+        validation_batches(len(val_source), cfg.train.batch_size, shard[1])  # before training
         selector = self._selector(val_records)
         if selector is None:  # the last model is the export, whatever an earlier run chose
             p.best_val_auroc = p.best_auroc_step = None
-        shard = distributed.process_shard()
         local_batch = cfg.train.batch_size // shard[1]
         data_iter = iter(
             train_dataset(

@@ -115,3 +115,10 @@ def test_user_errors_are_one_message_without_traceback(tmp_path, capsys):
         == 2
     )
     assert "archive not found" in capsys.readouterr().err
+    # A batch larger than the validation split stops before the first training step.
+    run = tmp_path / "big-batch"
+    args = ["--batch-size", "128", "--max-steps", "2", "--run-dir", str(run), "--wandb", "disabled"]
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size: the validation split has" in err and "fewer than one batch" in err
+    assert "first step" not in err and "Traceback" not in err
