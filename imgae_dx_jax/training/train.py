@@ -203,7 +203,7 @@ def _restore(checkpoints: Checkpoints, trainer: Trainer) -> tuple[Progress, int 
     meta = restored["meta"]
     progress = Progress(**meta["progress"])
     log.info(
-        "resuming from checkpoint %d (stage %s, epoch %d, step %d of the epoch)",
+        "resuming from checkpoint %d (stage %s: %d full epoch(s) and %d step(s) trained)",
         step,
         progress.stage or "-",
         progress.epoch,

@@ -170,14 +170,18 @@ def two_stage_archive(path: Path) -> Path:
     return path
 
 
-def test_progressive_stages_in_two_invocations_equal_one(tmp_path):
+def test_progressive_stages_in_two_invocations_equal_one(tmp_path, capsys):
     archive = two_stage_archive(tmp_path / "two_stages.zip")
     args = [*TINY_AE, *COMMON, "--epochs", "1", "--source", "archive", "--data", str(archive)]
     together = tmp_path / "together"
     assert train_main([*args, "--stage", "images_001,images_002", "--run-dir", str(together)]) == 0
     apart = tmp_path / "apart"
     assert train_main([*args, "--stage", "images_001", "--run-dir", str(apart)]) == 0
+    capsys.readouterr()
     assert train_main([*args, "--stage", "images_002", "--run-dir", str(apart)]) == 0
+    assert "checkpoint 14 (stage images_001: 1 full epoch(s) and 0 step(s) trained)" in (
+        capsys.readouterr().err
+    )
     assert_same_params(together, apart)
     for run in (together, apart):
         assert "- images_001\n  - images_002" in (run / "config.yaml").read_text()
@@ -239,7 +243,9 @@ def test_a_finished_run_rerun_with_other_evaluation_settings_is_evaluated_with_t
     params = export_params(run)
     capsys.readouterr()
     assert train_main([*args, "--set", "eval.threshold=youden", "--set", "eval.score=mean"]) == 0
-    assert "image score mean (eval.score mean" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "image score mean (eval.score mean" in out
+    assert "checkpoint 4 (stage images_001: 0 full epoch(s) and 4 step(s) trained)" in err
     exported = yaml.safe_load((run / "export" / "config.yaml").read_text())
     assert exported["eval"]["threshold"] == "youden" and exported["eval"]["score"] == "mean"
     saved = json.loads((run / "export" / "threshold.json").read_text())
