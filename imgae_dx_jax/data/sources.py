@@ -18,6 +18,7 @@ folder is one stage, ``all``, and ignores ``data.stages`` (:func:`source_stages`
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from imgae_dx_jax.config import cache_dir_of
@@ -68,6 +69,21 @@ def open_store(data: DataConfig) -> Store:
         )
         return ZipStore(source, description=f"kaggle {dataset}", cache_dir=cache_dir)
     raise DataError(f"unknown data source {data.source!r}")
+
+
+LOCAL_SOURCES = ("archive", "folder", "imagefolder")
+"""Sources whose ``data.path`` is a local file or folder."""
+
+
+def with_absolute_path(data: DataConfig) -> DataConfig:
+    """``data`` with a local source's relative ``data.path`` made absolute.
+
+    A run records the data it was trained on; with the path as typed (``benchmarks/data/...``)
+    the run could be evaluated, resumed or compared only from the directory it started in.
+    """
+    if data.source not in LOCAL_SOURCES or not data.path:
+        return data
+    return replace(data, path=str(Path(data.path).expanduser().absolute()))
 
 
 def source_stages(data: DataConfig) -> tuple[str, ...]:

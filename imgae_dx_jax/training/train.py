@@ -12,7 +12,7 @@ Resuming is exact: a run killed at any point and resumed ends with bit-identical
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jax
@@ -23,7 +23,7 @@ from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.checkpoints import Checkpoints, export_model, update_export_config
 from imgae_dx_jax.config import ConfigError, from_dict, to_dict
 from imgae_dx_jax.data import load_splits
-from imgae_dx_jax.data.sources import source_stages
+from imgae_dx_jax.data.sources import source_stages, with_absolute_path
 from imgae_dx_jax.data.split import Splits
 from imgae_dx_jax.memory import memory_phase, release_after_compilations
 from imgae_dx_jax.runtime import setup_compilation_cache
@@ -83,6 +83,7 @@ def train(
     if resume not in rundir.RESUME_MODES:
         modes = " or ".join(rundir.RESUME_MODES)
         raise ConfigError(f"--resume: {resume!r}; choose {modes}")
+    config = replace(config, data=with_absolute_path(config.data))  # the run reads it anywhere
     setup_compilation_cache(config)
     release_after_compilations()
     saved_config = rundir.prepare(run_dir, resume, overwrite)

@@ -21,6 +21,7 @@ from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.checkpoints import SaveCadence, restore_model
 from imgae_dx_jax.config import ConfigError, load_config
 from imgae_dx_jax.errors import Interrupted
+from imgae_dx_jax.evaluate import main as evaluate_main
 from imgae_dx_jax.schema import Config
 from imgae_dx_jax.train import main as train_main
 from imgae_dx_jax.training.selection import ValidationAUROC
@@ -63,16 +64,19 @@ def _class_tree(root: Path, per_class: int = 32) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_train_and_evaluate_from_a_class_folder_tree_split_by_patient(tmp_path, capsys):
+def test_train_and_evaluate_from_a_class_folder_tree_split_by_patient(
+    tmp_path, capsys, monkeypatch
+):
     tree = tmp_path / "chest_xray"
     patients = _class_tree(tree)
     assert len(set(patients.values())) < len(patients)  # some patients have several files
     run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
     args = [
         "--source",
         "imagefolder",
         "--data",
-        str(tree),
+        "chest_xray",  # relative: the run records it absolute
         "--stage",
         "images_002",  # an NIH stage: ignored for an image folder
         "--model",
@@ -112,7 +116,9 @@ def test_train_and_evaluate_from_a_class_folder_tree_split_by_patient(tmp_path, 
     )  # a patient with several files is kept together
 
     assert train_main(args) == 0  # rerun: resumes its stage, max_steps already reached
-    assert "resuming from checkpoint 3 (stage all," in capsys.readouterr().err
+    assert "resuming from checkpoint 3 (stage all: 0 full epoch(s) and 3 step(s)" in (
+        capsys.readouterr().err
+    )
     assert {r["stage"] for r in _records(run) if "stage" in r} == {"all"}
 
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
@@ -121,6 +127,11 @@ def test_train_and_evaluate_from_a_class_folder_tree_split_by_patient(tmp_path, 
     assert (metrics["n_normal"], metrics["n_abnormal"]) == (counts["normal"], counts["abnormal"])
     assert counts["normal"] and counts["abnormal"]
     assert 0.0 <= metrics["auroc"] <= 1.0
+    # The run reads its data from any working directory.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert evaluate_main(["--run", str(run), "--wandb", "disabled"]) == 0
 
 
 @pytest.mark.slow
