@@ -51,6 +51,8 @@ def open_store(data: DataConfig) -> Store:
         return FolderStore(Path(data.path), cache_dir=cache_dir)
     if data.source == "imagefolder":
         path = Path(data.path).expanduser()
+        if not path.exists():
+            raise DataError(f"image folder not found: {path} (give a folder, or a ZIP of one)")
         if path.is_file():
             return ZipStore(path, cache_dir=cache_dir)
         return FolderStore(path, cache_dir=cache_dir)

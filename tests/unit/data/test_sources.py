@@ -16,7 +16,7 @@ from imgae_dx_jax.data.archive import ZipStore
 from imgae_dx_jax.data.imagefolder import build_imagefolder_catalog, patient_of
 from imgae_dx_jax.data.nih import build_catalog, parse_data_entry
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog
-from imgae_dx_jax.data.sources import source_stages
+from imgae_dx_jax.data.sources import open_store, source_stages
 from imgae_dx_jax.data.split import split_catalog
 from imgae_dx_jax.data.stores import FolderStore, sample_archive_path
 
@@ -188,6 +188,9 @@ def test_bad_archives_and_configs_are_clear(tmp_path):
     (tmp_path / "not.zip").write_bytes(b"hello")
     with pytest.raises(DataError, match="not a readable ZIP"):
         ZipStore(tmp_path / "not.zip")
+    missing = load_config(overrides=["data.source=imagefolder", f"data.path={tmp_path / 'x.zip'}"])
+    with pytest.raises(DataError, match=r"image folder not found: .*x\.zip \(give a folder"):
+        open_store(missing.data)
     with pytest.raises(ConfigError, match="http"):
         load_config(overrides=["data.source=url", "data.path=/local/file.zip"])
     assert load_config(overrides=["data.source=kaggle"]).data.path == ""  # default dataset
