@@ -207,11 +207,17 @@ def evaluate_model(
         if skipped:  # also in metrics.json under "skipped"
             reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
             log.warning("%s: %s images skipped (%s)", part, sum(skipped.values()), reasons)
+    more = (
+        "add the other class's folders, or evaluate on labelled data: imgae-evaluate --run "
+        "RUN --source imagefolder --data TREE"
+        if config.data.source == "imagefolder"
+        else "use more stages"
+    )
     for split_name, split in (("validation", val), ("test", test)):
         if len(set(split.labels.tolist())) < 2:
             raise DataError(
                 f"the {split_name} split needs normal and abnormal images to evaluate; it has "
-                f"{len(split.labels)} readable images of one class (use more stages)"
+                f"{len(split.labels)} readable images of one class ({more})"
             )
     calibration = calibrate(val, config.eval)
     scorer = scorer.select(calibration.score)

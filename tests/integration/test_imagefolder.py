@@ -281,7 +281,7 @@ def _small_config(
     )
 
 
-def test_without_abnormal_validation_images_auto_exports_the_last_model(tmp_path, caplog):
+def test_without_abnormal_validation_images_auto_exports_the_last_model(tmp_path, caplog, capsys):
     # A folder of normal images only: nothing to compute an AUROC on. The default (auto)
     # exports the model after the last step; val_auroc, asked for explicitly, is an error
     # that names the key.
@@ -293,6 +293,11 @@ def test_without_abnormal_validation_images_auto_exports_the_last_model(tmp_path
     assert any("lacks normal or abnormal" in r.getMessage() for r in caplog.records)
     assert not any("val_auroc" in r for r in _records(tmp_path / "run"))
     assert _exports_the_final_model(tmp_path / "run", result)
+    # Its evaluation needs labelled data, and says where to give it.
+    capsys.readouterr()
+    assert evaluate_main(["--run", str(tmp_path / "run"), "--wandb", "disabled"]) == 2
+    err = capsys.readouterr().err
+    assert "needs normal and abnormal images" in err and "--source imagefolder --data" in err
 
     with pytest.raises(ConfigError, match=r"train\.select_checkpoint"):
         train(_small_config(tree, "val_auroc"), tmp_path / "run2")
