@@ -369,14 +369,32 @@ def check_split_manifest(run_dir: Path, name: str, records: Sequence[Record]) ->
 
 
 def check_held_out(run_dir: Path, splits: Splits, data: str) -> None:
-    """Fail if any validation or test image of other data was in the run's training split."""
+    """Fail if any validation or test image of other data was in the run's training split.
+
+    Images are the same when their keys are (NIH file names; paths in an image folder). An
+    image whose file name is that of a training image in another folder (an image folder
+    laid out anew) may be the same image: it is counted in a warning, as two data sets may
+    also name different images alike.
+    """
     trained = set(_manifest(run_dir)["train"])
+    trained_names = {key.rsplit("/", 1)[-1] for key in trained}
     for name in ("val", "test"):
         seen = [r.key for r in splits[name] if r.key in trained]
         if seen:
             raise RunError(
                 f"{len(seen)} images of the {name} split of {data} (e.g. {seen[0]}) were used "
                 f"to train {run_dir}: the evaluation would not be held out"
+            )
+        alike = [r.key for r in splits[name] if r.key.rsplit("/", 1)[-1] in trained_names]
+        if alike:
+            log.warning(
+                "%d images of the %s split of %s (e.g. %s) have the file names of images that "
+                "trained %s: if they are the same images, this evaluation is not held out",
+                len(alike),
+                name,
+                data,
+                alike[0],
+                run_dir,
             )
 
 

@@ -10,6 +10,8 @@ import yaml
 from imgae_dx_jax import __version__
 from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.config import load_config
+from imgae_dx_jax.data.nih import Record
+from imgae_dx_jax.data.split import Splits
 from imgae_dx_jax.errors import ConfigError, FinishedRunError, RunDirError, RunError
 
 
@@ -163,3 +165,24 @@ def test_each_run_directory_has_its_own_local_checkpoint_directory(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match=r"train\.local_checkpoint_dir"):
         load_config(overrides=[f"train.local_checkpoint_dir={tmp_path / 'file'}"])
+
+
+def _record(key: str) -> Record:
+    return Record(key, key, "all", 0, (), key, 0, "", "")
+
+
+def test_other_data_must_hold_out_what_the_run_trained_on(tmp_path, caplog):
+    trained = Splits((_record("a/NORMAL/x.png"),), (_record("a/NORMAL/v.png"),), (), False)
+    rundir.write_split_manifest(tmp_path, trained)
+    fresh = Splits((), (_record("b/NORMAL/v.png"),), (_record("b/NORMAL/y.png"),), False)
+    with caplog.at_level("WARNING", logger="imgae_dx_jax"):
+        rundir.check_held_out(tmp_path, fresh, "other data")
+    assert not caplog.records  # v.png validated the run, never trained it
+    leaked = Splits((), (), (_record("a/NORMAL/x.png"), _record("b/NORMAL/y.png")), False)
+    with pytest.raises(RunError, match=r"1 images of the test split .*a/NORMAL/x\.png"):
+        rundir.check_held_out(tmp_path, leaked, "other data")
+    moved = Splits((), (_record("test/NORMAL/x.png"),), (), False)
+    with caplog.at_level("WARNING", logger="imgae_dx_jax"):
+        rundir.check_held_out(tmp_path, moved, "other data")
+    assert "1 images of the val split of other data (e.g. test/NORMAL/x.png)" in caplog.text
+    assert "if they are the same images, this evaluation is not held out" in caplog.text
