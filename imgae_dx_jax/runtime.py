@@ -21,6 +21,7 @@ import jax
 from jax.experimental.compilation_cache import compilation_cache
 
 from imgae_dx_jax.config import cache_dir_of
+from imgae_dx_jax.errors import ConfigError
 from imgae_dx_jax.schema import CACHE_OFF, Config
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,10 @@ def enable_compilation_cache(
     Args:
         directory: created if missing.
         min_compile_seconds: computations compiled faster than this are not cached.
+
+    Raises:
+        ConfigError: when ``directory`` cannot be created (a path under a file, or where
+            nothing can be written).
     """
     if directory is None:
         return
@@ -134,7 +139,14 @@ def enable_compilation_cache(
     current = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]  # a flag
     if current == path:
         return
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write the JAX compilation cache in {directory}: {err}; set "
+            f"data.cache_dir (--cache-dir) or train.compilation_cache to a writable directory, "
+            f"or train.compilation_cache={CACHE_OFF}"
+        ) from None
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

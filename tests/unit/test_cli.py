@@ -183,6 +183,17 @@ def test_imgae_runs_each_command_and_reports_its_errors(tmp_path, capsys):
     assert "missing.png: no such file" in capsys.readouterr().err
 
 
+def test_unusable_cache_dir_is_one_error_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("")
+    cache = tmp_path / "file" / "cache"
+    assert imgae_main(["train", "--max-steps", "2", "--cache-dir", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"imgae: error: cannot write the JAX compilation cache in {cache}")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]  # no run directory made
+
+
 @pytest.mark.parametrize(
     ("module", "prog"),
     [
