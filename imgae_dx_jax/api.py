@@ -111,6 +111,8 @@ def compare_runs(
     check_request(run_dirs, n_bootstrap)
     configs = {str(run): rundir.load_export_config(Path(run)) for run in run_dirs}
     first = configs[str(run_dirs[0])]
+    out = out_dir or default_out_dir(run_dirs, source, data)
+    rundir.make_out_dir(out)
     setup_compilation_cache(first)
     tracker = Tracker.from_config(first.tracking, job_type="evaluate", mode=wandb)
     with tracker:
@@ -122,7 +124,7 @@ def compare_runs(
                 "bootstrap": n_bootstrap,
                 "seed": seed,
             },
-            out_dir or default_out_dir(run_dirs, source, data),
+            out,
         )
         return evaluate_runs(
             run_dirs,

@@ -447,19 +447,22 @@ def evaluate_runs(
     Raises:
         RunError: for unusable runs, different test splits, or images seen in training.
         DataError: when the data cannot be read or a split has one class only.
+        ConfigError: when the output directory cannot be created.
     """
     check_request(run_dirs, n_bootstrap)
     release_after_compilations()
     run_dirs = [Path(p) for p in run_dirs]
     names = run_names(run_dirs)
     overrides = {k: v for k, v in (("data.source", source), ("data.path", data)) if v is not None}
+    configs = [rundir.load_export_config(run_dir) for run_dir in run_dirs]
+    if overrides:
+        configs = [with_overrides(config, overrides) for config in configs]
+    out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs, source, data)
+    rundir.make_out_dir(out)
     cache: dict[DataConfig, tuple[Store, Catalog, Splits]] = {}
     prepared = []
     with memory_phase("evaluation"):
-        for run_dir in run_dirs:
-            config = rundir.load_export_config(run_dir)
-            if overrides:
-                config = with_overrides(config, overrides)
+        for run_dir, config in zip(run_dirs, configs, strict=True):
             if config.data not in cache:
                 cache[config.data] = load_splits(config.data)
             prepared.append((run_dir, config, cache[config.data]))
@@ -483,8 +486,6 @@ def evaluate_runs(
         for model in models:
             versus = paired(model.name, model.test, REFERENCE, reference_test, n_bootstrap, seed)
             model.metrics["reference"] = reference | {"difference": versus}
-    out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs, source, data)
-    out.mkdir(parents=True, exist_ok=True)
     comparison = Comparison(
         models=models,
         paired=paired_models,

@@ -125,13 +125,14 @@ def predict(inputs: Sequence[Path], run_dir: Path, out_dir: Path) -> list[Predic
     Raises:
         RunError: when the run is not trained or not evaluated.
         PredictError: for missing inputs, or when no file could be read.
+        ConfigError: when ``out_dir`` cannot be created.
     """
     files = find_images(inputs)
     config = rundir.load_export_config(run_dir)
-    setup_compilation_cache(config)
     calibration = rundir.load_calibration(run_dir)
+    rundir.make_out_dir(out_dir)
+    setup_compilation_cache(config)
     scorer = Scorer(restore_model(run_dir, config), config, calibration.score)
-    out_dir.mkdir(parents=True, exist_ok=True)
     size = config.data.image_size
     taken: set[Path] = set()
     results: list[Prediction] = []

@@ -33,7 +33,7 @@ from imgae_dx_jax import __version__
 from imgae_dx_jax.config import from_dict, load_config, to_dict
 from imgae_dx_jax.data.nih import Record
 from imgae_dx_jax.data.split import SPLITS, Splits
-from imgae_dx_jax.errors import FinishedRunError, RunDirError, RunError
+from imgae_dx_jax.errors import ConfigError, FinishedRunError, RunDirError, RunError
 from imgae_dx_jax.schema import MODELS, Config
 from imgae_dx_jax.tracking import Tracker
 
@@ -133,6 +133,23 @@ def export_staging_dir(run_dir: Path) -> Path:
 def eval_dir(run_dir: Path, source: str | None = None) -> Path:
     """``<run>/eval`` (``<run>/eval-<source>`` for an evaluation on other data)."""
     return run_dir / ("eval" if source is None else f"eval-{source}")
+
+
+def make_out_dir(path: Path) -> None:
+    """Create the output directory ``path`` of a command (and its parents) if missing.
+
+    Called before any model work, so that an unusable ``--out`` fails at once.
+
+    Raises:
+        ConfigError: when it cannot be created: a file of that name, a path under a file,
+            or no permission.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write to {path}: {err}; give another directory with --out"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------ config

@@ -13,6 +13,7 @@ from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.config import load_config
 from imgae_dx_jax.data.nih import Catalog, Record
 from imgae_dx_jax.data.split import Splits
+from imgae_dx_jax.evaluate import main as evaluate_main
 from imgae_dx_jax.evaluation import calibrate, evaluate_model
 from imgae_dx_jax.metrics.image import roc_auc
 from imgae_dx_jax.metrics.threshold import specificity_threshold
@@ -138,3 +139,20 @@ def test_calibrate_follows_the_settings() -> None:
     assert auto.map_scale == pytest.approx(np.quantile(peaks[labels == 0, 2], 0.95))
     fixed = calibrate(val, load_config(overrides=["eval.score=mean", "eval.threshold=f1"]).eval)
     assert fixed.score == "mean" and fixed.rule == "maximum F1"
+
+
+def test_an_out_that_is_a_file_fails_before_any_work(monkeypatch, tmp_path, capsys):
+    def no_work(*args):
+        raise AssertionError("work was done before --out was checked")
+
+    monkeypatch.setattr("imgae_dx_jax.api.setup_compilation_cache", no_work)
+    monkeypatch.setattr(evaluation, "load_splits", no_work)
+    run = tmp_path / "run"
+    rundir.export_dir(run).mkdir(parents=True)
+    rundir.write_config(load_config(), rundir.export_dir(run))
+    out = tmp_path / "taken"
+    out.write_text("")
+    assert evaluate_main(["--run", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"imgae-evaluate: error: cannot write to {out}: ")
+    assert err.count("\n") == 1 and "Traceback" not in err

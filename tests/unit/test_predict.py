@@ -130,6 +130,22 @@ def test_predict_cli_and_its_errors(run_dir, images, tmp_path, capsys):
     assert "imgae-evaluate" in capsys.readouterr().err
 
 
+def test_an_out_that_is_a_file_fails_before_the_model_is_loaded(
+    run_dir, images, tmp_path, capsys, monkeypatch
+):
+    def no_work(*args):
+        raise AssertionError("work was done before --out was checked")
+
+    monkeypatch.setattr("imgae_dx_jax.predict.setup_compilation_cache", no_work)
+    monkeypatch.setattr("imgae_dx_jax.predict.restore_model", no_work)
+    out = tmp_path / "taken"
+    out.write_text("")
+    assert predict_main([str(images / "a.png"), "--run", str(run_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"imgae-predict: error: cannot write to {out}: ")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_find_images_needs_an_image(tmp_path):
     (tmp_path / "x.txt").write_text("x")
     with pytest.raises(PredictError, match=r"no \.png"):
