@@ -105,7 +105,9 @@ def train_parser() -> argparse.ArgumentParser:
         help="Weights & Biases logging (default: tracking.wandb, offline)",
     )
     group = parser.add_argument_group(
-        "several hosts", "jax.distributed; SLURM and multi-host TPU slices are detected without"
+        "several hosts",
+        "Give all three on every process to start jax.distributed. SLURM jobs and multi-host "
+        "TPU slices are detected without them.",
     )
     group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
     group.add_argument("--num-processes", type=int, help="number of processes taking part")

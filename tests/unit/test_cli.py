@@ -134,6 +134,13 @@ def test_every_flag_of_every_command_has_help(make):
                 assert choice.help and choice.help.strip(), f"{parser.prog} {choice.dest}"
 
 
+def test_every_description_is_whole_sentences():
+    for parser in parsers(imgae_parser()):
+        texts = [parser.description, *(group.description for group in parser._action_groups)]
+        for text in filter(None, texts):
+            assert text.endswith("."), f"{parser.prog}: {text!r} is cut short"
+
+
 def test_imgae_has_the_four_commands_with_the_arguments_of_each_imgae_x():
     top = imgae_parser()
     subs = {p.prog: p for p in parsers(top)}
