@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 
 def setup_logging(debug: bool) -> None:
     """Console logging: INFO for this package, warnings only for the libraries under it.
+
+    Without ``debug``, library tracebacks are kept out of the console: their log records are
+    cut to their first line, and the ignored ``Event loop is closed`` errors of an abandoned
+    checkpoint read are dropped.
 
     Records go to ``sys.stderr`` as it is when each is written, not as it was at the call,
     so a stream replaced later (by a test harness capturing output, and closed after it) does
@@ -30,6 +35,8 @@ def setup_logging(debug: bool) -> None:
             logger = logging.getLogger(name)
             if not any(isinstance(f, _NoTraceback) for f in logger.filters):
                 logger.addFilter(_NoTraceback())
+        if not isinstance(sys.unraisablehook, _DropClosedLoopCallbacks):
+            sys.unraisablehook = _DropClosedLoopCallbacks(sys.unraisablehook)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -54,3 +61,26 @@ class _NoTraceback(logging.Filter):
         message = record.getMessage().splitlines()
         record.msg, record.args = (message[0][:300] if message else ""), None
         return True
+
+
+class _DropClosedLoopCallbacks:
+    """An unraisable-exception hook that drops ``RuntimeError: Event loop is closed``.
+
+    When Orbax cannot restore a checkpoint (a corrupt one, then set aside), the event loop
+    of that restore closes while TensorStore reads of it are still in flight; each read that
+    finishes later calls ``loop.call_soon_threadsafe`` on the closed loop, and Python prints
+    the error it ignores with a traceback, dozens of them. Nothing is lost: the restore had
+    already failed and was reported. Every other unraisable exception goes to the previous
+    hook.
+    """
+
+    def __init__(self, previous: Callable[[sys.UnraisableHookArgs], Any]) -> None:
+        self.previous = previous
+        """The hook that was in place (Python's default prints the traceback)."""
+
+    def __call__(self, unraisable: sys.UnraisableHookArgs) -> None:
+        """Drop a closed event loop's error; pass any other one on."""
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        self.previous(unraisable)

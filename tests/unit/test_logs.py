@@ -20,3 +20,25 @@ def test_records_follow_a_replaced_and_closed_stderr(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(sys, "stderr", second)
     logging.getLogger("imgae_dx_jax.test").info("written after the first stream closed")
     assert second.getvalue().endswith(" INFO written after the first stream closed\n")
+
+
+class _FailsWhenCollected:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __del__(self) -> None:
+        raise self.error  # Python ignores it and calls sys.unraisablehook
+
+
+def test_closed_event_loop_errors_are_dropped_and_others_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable.exc_value))
+    setup_logging(debug=False)
+    hook = sys.unraisablehook
+    setup_logging(debug=False)
+    assert sys.unraisablehook is hook  # not wrapped twice
+    _FailsWhenCollected(RuntimeError("Event loop is closed"))
+    _FailsWhenCollected(RuntimeError("something else"))
+    assert [str(error) for error in seen] == ["something else"]
