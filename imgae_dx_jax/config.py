@@ -80,6 +80,8 @@ def resolve_config_file(name: str) -> Path:
         if candidate.is_file():
             return candidate
     available = sorted(p.stem for p in packaged.rglob("*.yaml"))
+    if path.is_dir():
+        raise ConfigError(f"config file {name!r} is a directory; give a YAML file")
     raise ConfigError(f"config file {name!r} not found (packaged configs: {', '.join(available)})")
 
 

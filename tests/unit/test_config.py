@@ -55,6 +55,11 @@ def test_bad_overrides_name_the_key_and_origin(override, fragment):
     assert "--set" in str(info.value)
 
 
+def test_a_directory_is_not_a_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory; give a YAML file"):
+        load_config(str(tmp_path))
+
+
 def test_bad_file_names_the_file(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("train:\n  batchsize: 8\n")
