@@ -94,6 +94,15 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.records)
 
+    def undecodable(self) -> dict[str, int]:
+        """Images of the source that its stage caches found undecodable, by reason."""
+        reasons = (
+            cached[0].index.failed.get(record.key)
+            for record, cached in zip(self.records, self._cached, strict=True)
+            if cached is not None
+        )
+        return dict(Counter(r for r in reasons if r is not None))
+
     def __getitem__(self, index: int) -> dict[str, np.ndarray | np.int32] | None:
         record = self.records[index]
         cached = self._cached[index]
@@ -157,9 +166,12 @@ def train_dataset(
     index, count = shard
     ds = grain.MapDataset.source(source)[index::count]
     if len(ds) < batch_size:
+        failed = source.undecodable()
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(failed.items()))
         raise DataError(
             f"the training split has {len(ds)} images on this process, fewer than one batch "
             f"of {batch_size}; lower train.batch_size or add stages"
+            + (f" (and {sum(failed.values())} of them cannot be decoded: {why})" if failed else "")
         )
     ds = ds.seed(seed).shuffle().repeat()
     return ds.to_iter_dataset(_read_options(num_threads)).batch(batch_size, drop_remainder=True)

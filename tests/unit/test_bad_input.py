@@ -19,7 +19,7 @@ from imgae_dx_jax.data import kaggle
 from imgae_dx_jax.data.archive import ZipStore
 from imgae_dx_jax.data.cache import ensure_caches
 from imgae_dx_jax.data.nih import build_catalog, parse_data_entry
-from imgae_dx_jax.data.pipeline import ImageSource, SkipLog
+from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, train_dataset
 from imgae_dx_jax.data.stores import DataError
 from imgae_dx_jax.training.loop import StopFlag
 
@@ -146,6 +146,22 @@ def test_hostile_member_names_never_write_outside_the_cache(tmp_path, caplog):
     assert "1 images have no row" in caplog.text and "1 rows of Data_Entry_2017.csv" in caplog.text
     source = ImageSource(catalog.records, store, 16, SkipLog())
     assert all(source[i] is not None for i in range(len(source)))
+
+
+def test_a_split_too_small_for_a_batch_says_how_many_images_cannot_be_decoded(tmp_path):
+    names = ["a.png", "b.png", "c.png", "d.png"]
+    members = {"Data_Entry_2017.csv": _csv(names)}
+    members |= {f"images_001/images/{n}": b"not an image" for n in names[:3]}
+    members["images_001/images/d.png"] = _png()
+    store = ZipStore(_archive(tmp_path / "a.zip", members), cache_dir=tmp_path / "cache")
+    catalog = build_catalog(store, ("images_001",))
+    ensure_caches(store, catalog, 16, 2)
+    source = ImageSource(catalog.records, store, 16, SkipLog())
+    assert source.undecodable() == {"not_an_image": 3}
+    with pytest.raises(DataError) as info:
+        train_dataset(source, 8, seed=0, num_threads=1)
+    assert "fewer than one batch of 8" in str(info.value)
+    assert "(and 3 of them cannot be decoded: 3 not_an_image)" in str(info.value)
 
 
 def test_truncated_archive_is_a_clear_error(tmp_path):
