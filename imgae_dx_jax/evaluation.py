@@ -158,8 +158,7 @@ def calibrate(val: SplitScores, settings: EvalConfig) -> rundir.Calibration:
     Returns:
         The calibration that evaluation applies to the test split and prediction to new images.
     """
-    candidates = {name: scores for name, (scores, _) in val.by_score.items()}
-    score, aurocs = choose_score(val.labels, candidates, settings.score)
+    score, aurocs = choose_score(val.labels, val.candidates, settings.score)
     chosen = val.choose(score)
     threshold = select_threshold(
         chosen.labels, chosen.scores, settings.threshold, settings.target_specificity

@@ -38,6 +38,11 @@ class SplitScores:
         return replace(self, scores=scores, peaks=peaks)
 
     @property
+    def candidates(self) -> dict[str, np.ndarray]:
+        """Every candidate score's image scores, by score name (what the score is chosen from)."""
+        return {name: scores for name, (scores, _) in self.by_score.items()}
+
+    @property
     def labels(self) -> np.ndarray:
         """1 = abnormal, 0 = normal."""
         return np.array([r.label for r in self.records], dtype=np.int32)

@@ -79,6 +79,5 @@ class ValidationAUROC:
             self.store,
             desc="scoring validation",
         )
-        candidates = {name: scores for name, (scores, _) in scored.by_score.items()}
-        name, aurocs = choose_score(scored.labels, candidates, self.config.eval.score)
+        name, aurocs = choose_score(scored.labels, scored.candidates, self.config.eval.score)
         return {"val_auroc": aurocs[name], "val_score": name}
