@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 
 def setup_logging(debug: bool) -> None:
     """Console logging: INFO for this package, warnings only for the libraries under it.
@@ -40,7 +42,20 @@ def setup_logging(debug: bool) -> None:
 
 
 class _StderrHandler(logging.StreamHandler):
-    """A stream handler that writes to the current ``sys.stderr``."""
+    """A stream handler that writes to the current ``sys.stderr``, around progress bars.
+
+    Each record is written with ``tqdm.write``, which clears the bars drawn on the stream,
+    writes the line and draws them again below it, so a record logged while a bar is drawn
+    (a validation point during training) gets a line of its own instead of continuing the
+    bar's; without a bar it writes the line as a plain stream handler does.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` as its own line, above any progress bar."""
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
 
     @property
     def stream(self) -> TextIO:

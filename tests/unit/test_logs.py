@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import sys
 
 import pytest
+from tqdm import tqdm
 
 from imgae_dx_jax.logs import setup_logging
 
@@ -20,6 +22,22 @@ def test_records_follow_a_replaced_and_closed_stderr(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(sys, "stderr", second)
     logging.getLogger("imgae_dx_jax.test").info("written after the first stream closed")
     assert second.getvalue().endswith(" INFO written after the first stream closed\n")
+
+
+def test_a_record_logged_under_a_progress_bar_gets_its_own_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    setup_logging(debug=False)
+    with tqdm(total=10, desc="train", file=stream, disable=False, ncols=60) as bar:
+        bar.update(3)
+        logging.getLogger("imgae_dx_jax.test").info("validation point")
+        bar.update(2)
+    text = stream.getvalue()
+    line = next(line for line in text.splitlines() if "validation point" in line)
+    assert re.fullmatch(r"(\r *\r)?\d\d:\d\d:\d\d INFO validation point", line), repr(line)
+    assert "5/10" in text.split("validation point", 1)[1]  # the bar is drawn again below
 
 
 class _FailsWhenCollected:
