@@ -54,6 +54,7 @@ class _StderrHandler(logging.StreamHandler):
         """Write ``record`` as its own line, above any progress bar."""
         try:
             tqdm.write(self.format(record), file=self.stream)
+            self.flush()  # as StreamHandler.emit does: the line is out before what follows
         except Exception:
             self.handleError(record)
 
