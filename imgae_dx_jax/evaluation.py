@@ -63,7 +63,7 @@ from imgae_dx_jax.metrics.threshold import choose_score, describe_rule, map_scal
 from imgae_dx_jax.reference import reference_scores
 from imgae_dx_jax.report.tables import TRACKED_TABLES
 from imgae_dx_jax.results import Band, Comparison, ModelResult, SplitScores
-from imgae_dx_jax.schema import Config, DataConfig, EvalConfig
+from imgae_dx_jax.schema import NIH_SOURCES, Config, DataConfig, EvalConfig
 from imgae_dx_jax.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -207,10 +207,10 @@ def evaluate_model(
             reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
             log.warning("%s: %s images skipped (%s)", part, sum(skipped.values()), reasons)
     more = (
-        "add the other class's folders, or evaluate on labelled data: imgae-evaluate --run "
-        "RUN --source imagefolder --data TREE"
-        if config.data.source == "imagefolder"
-        else "use more stages"
+        "use more stages"
+        if config.data.source in NIH_SOURCES  # the sources that come in stages
+        else "add the other class's folders, or evaluate on labelled data: imgae-evaluate "
+        "--run RUN --source imagefolder --data TREE"
     )
     for split_name, split in (("validation", val), ("test", test)):
         if len(set(split.labels.tolist())) < 2:
