@@ -6,7 +6,8 @@ on which stages are loaded: training progressively on ``images_001`` then ``imag
 never moves a patient from test into train. NIH's official ``test_list.txt`` defines the
 test set when the data has it; validation is then carved from the remaining patients.
 An image folder tree with its own ``train/``, ``val/`` and ``test/`` folders keeps them (without
-``val/``, validation is carved from ``train/`` by the seed, normal and abnormal images alike).
+``val/``, validation is carved from ``train/`` by the seed, normal and abnormal images alike);
+a patient (``data.patient_pattern``) with images in two of those splits stops with an error.
 
 Training uses only the *normal* images of training patients; validation and test keep
 every image of their patients, normal and abnormal.
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from imgae_dx_jax.data.nih import Catalog, Record
+from imgae_dx_jax.errors import DataError
 
 SPLITS = ("train", "val", "test")
 
@@ -67,6 +69,9 @@ def split_catalog(
 
     Returns:
         The three splits; train keeps only normal images.
+
+    Raises:
+        DataError: when an image folder's split folders put a patient in two splits.
     """
     train_f, val_f, _ = fractions
     if use_official and catalog.folder_splits:
@@ -99,7 +104,12 @@ def split_catalog(
 
 
 def _folder_splits(catalog: Catalog, val_share: float, seed: int) -> Splits:
-    """Follow the tree's split folders; carve validation from ``train/`` when there is no val/."""
+    """Follow the tree's split folders; carve validation from ``train/`` when there is no val/.
+
+    Raises:
+        DataError: when a patient has images in two of the splits (the folders were not made
+            by patient, or ``data.patient_pattern`` names patients across them).
+    """
     has_val = "val" in catalog.folder_splits.values()
     parts: dict[str, list[Record]] = {name: [] for name in SPLITS}
     for record in catalog.records:
@@ -109,4 +119,26 @@ def _folder_splits(catalog: Catalog, val_share: float, seed: int) -> Splits:
         if split == "train" and record.label != 0:
             continue
         parts[split].append(record)
+    _check_patients_disjoint(parts)
     return Splits(tuple(parts["train"]), tuple(parts["val"]), tuple(parts["test"]), True)
+
+
+def _check_patients_disjoint(parts: dict[str, list[Record]]) -> None:
+    """Fail when a patient has images in more than one split.
+
+    Raises:
+        DataError: naming how many patients, one of them and its splits.
+    """
+    where: dict[str, list[str]] = {}
+    for name in SPLITS:
+        for patient in sorted({r.patient for r in parts[name]}):
+            where.setdefault(patient, []).append(name)
+    shared = {p: names for p, names in where.items() if len(names) > 1}
+    if shared:
+        patient, names = next(iter(sorted(shared.items())))
+        raise DataError(
+            f"{len(shared)} patient(s) have images in more than one of the image folder's split "
+            f"folders (e.g. {patient}: {', '.join(names)}), so its splits are not by patient; "
+            "split by patient with data.official_split=false, or give a data.patient_pattern "
+            "under which the folders hold different patients"
+        )

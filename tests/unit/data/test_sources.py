@@ -147,6 +147,34 @@ def test_imagefolder_split_folders_are_the_splits(tmp_path, subset):
     }
 
 
+def test_split_folders_that_share_a_patient_are_refused(tmp_path, subset):
+    png = next(v for k, v in subset.items() if k.endswith(".png"))
+    root = tmp_path / "chest_xray"
+    names = {
+        "train/NORMAL": ["IM-0001-0001.png", "IM-0002-0001.png", "IM-0003-0001.png"],
+        "test/NORMAL": ["IM-0004-0001.png"],
+        "test/PNEUMONIA": ["IM-0001-0002.png", "IM-0005-0001.png"],  # IM-0001 trains too
+    }
+    for folder, files in names.items():
+        (root / folder).mkdir(parents=True)
+        for name in files:
+            (root / folder / name).write_bytes(png)
+    catalog = build_imagefolder_catalog(FolderStore(root), ("normal",), r"^(IM-\d+)")
+    with pytest.raises(DataError, match=r"1 patient\(s\) .* \(e\.g\. IM-0001: train, test\)"):
+        split_catalog(catalog, (0.7, 0.1, 0.2), 0, True)
+    by_patient = split_catalog(catalog, (0.7, 0.1, 0.2), 0, False)  # the way out it names
+    assert (
+        len({s for s in ("train", "val", "test") for r in by_patient[s] if r.patient == "IM-0001"})
+        == 1
+    )
+    # Without a pattern every file is its own patient: the folders are kept.
+    plain = build_imagefolder_catalog(FolderStore(root), ("normal",))
+    assert split_catalog(plain, (0.7, 0.1, 0.2), 0, True).counts()["test"] == {
+        "normal": 1,
+        "abnormal": 2,
+    }
+
+
 def test_imagefolder_source_end_to_end_and_errors(tmp_path, subset):
     png = next(v for k, v in subset.items() if k.endswith(".png"))
     _tree(
