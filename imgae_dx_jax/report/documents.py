@@ -33,9 +33,25 @@ from imgae_dx_jax.report.tables import (
     subgroup_rows,
 )
 from imgae_dx_jax.results import Comparison
+from imgae_dx_jax.schema import NIH_SOURCES
 
 SMALL_N = 10
 """The report warns that per-finding AUROCs from fewer abnormal images than this are unreliable."""
+
+
+def _split_text(comparison: Comparison) -> str:
+    """How the evaluated data was split into patients, in words (the first run's data)."""
+    model = comparison.models[0]
+    if model.metrics.get("official_split") and model.config.data.source not in NIH_SOURCES:
+        return (
+            "The image folder's own train/, val/ and test/ folders are the splits (without "
+            "val/, validation patients are carved from train/ by a seeded hash of the patient "
+            "id; no patient has images in two splits)"
+        )
+    return (
+        "Patients are split by a seeded hash of the patient id (NIH's official test list when "
+        "the data has it)"
+    )
 
 
 def _sections(comparison: Comparison) -> list[tuple[str, str, Table]]:
@@ -108,9 +124,8 @@ def _sections(comparison: Comparison) -> list[tuple[str, str, Table]]:
         ),
         (
             "Data and splits",
-            f"Data: {comparison.data}. Patients are split by a seeded hash of the patient id "
-            "(NIH's official test list when the data has it); training uses normal images of the "
-            "training patients only.",
+            f"Data: {comparison.data}. {_split_text(comparison)}; training uses normal images "
+            "of the training patients only.",
             split_rows(comparison),
         ),
     ]

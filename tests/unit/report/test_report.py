@@ -22,7 +22,7 @@ from imgae_dx_jax.metrics.curves import (
     roc_points,
 )
 from imgae_dx_jax.metrics.localization import localization
-from imgae_dx_jax.report.documents import write_report
+from imgae_dx_jax.report.documents import _sections, write_report
 from imgae_dx_jax.report.overlay import overlay_rgb
 from imgae_dx_jax.results import Band, Comparison, ModelResult, SplitScores
 
@@ -314,3 +314,18 @@ def test_report_files_exist_and_the_html_embeds_every_figure(tmp_path):
     ):
         assert text in html and text in markdown, text
     assert comparison.paired[0]["n_images"] == 80
+
+
+def test_report_says_how_the_data_was_split(tmp_path):
+    model = fake_result("ae", 0, tmp_path / "ae")
+    comparison = Comparison([model], [], "a tree", {"n_resamples": 1000, "seed": 0}, tmp_path)
+
+    def split_text() -> str:
+        return next(text for title, text, _ in _sections(comparison) if title == "Data and splits")
+
+    model.metrics["official_split"] = False
+    assert "seeded hash of the patient id (NIH's official test list" in split_text()
+    model.config = load_config(overrides=["data.source=imagefolder", "data.path=tree"])
+    assert "seeded hash of the patient id (NIH's official test list" in split_text()
+    model.metrics["official_split"] = True  # the tree's own train/ and test/ folders
+    assert "image folder's own train/, val/ and test/ folders are the splits" in split_text()
