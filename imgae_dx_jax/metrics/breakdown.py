@@ -2,7 +2,10 @@
 
 Every AUROC comes with a 95% patient-level bootstrap interval
 (:func:`~imgae_dx_jax.metrics.image.bootstrap_ci`); both are None where the images lack a
-class, the interval alone where every patient of the subset has an abnormal image.
+class, the interval alone where a stratum of the bootstrap -- the patients of the subset with
+an abnormal image, or those without -- has fewer than :data:`MIN_PATIENTS` patients: every
+resample would draw that one patient again, so the interval would leave out how patients
+differ (on the NIH sample's test split, all 21 images with Edema are one patient's).
 """
 
 from __future__ import annotations
@@ -17,21 +20,25 @@ from imgae_dx_jax.metrics.image import bootstrap_ci, roc_auc
 from imgae_dx_jax.results import SplitScores
 
 AGE_BANDS = ((0, 17), (18, 39), (40, 59), (60, 79), (80, 200))
+MIN_PATIENTS = 2
+"""Fewest patients with an abnormal image, and without one, for a bootstrap interval."""
 
 
 def _auroc_with_ci(
     split: SplitScores, keep: np.ndarray, labels: np.ndarray, n_resamples: int, seed: int
 ) -> dict[str, Any]:
-    """``auroc`` and ``auroc_ci`` of the images ``keep`` (None where undefined)."""
-    y, s = labels[keep], split.scores[keep]
+    """``auroc`` and ``auroc_ci`` of the images ``keep`` (None where undefined).
+
+    The interval is None where either stratum of the patient bootstrap has fewer than
+    :data:`MIN_PATIENTS` patients.
+    """
+    y, s, patients = labels[keep], split.scores[keep], split.patients[keep]
     if not 0 < y.sum() < y.size:
         return {"auroc": None, "auroc_ci": None}
-    try:
-        ci: list[float] | None = list(
-            bootstrap_ci(y, s, split.patients[keep], roc_auc, n_resamples=n_resamples, seed=seed)
-        )
-    except ValueError:  # every patient of the subset has an abnormal image
-        ci = None
+    abnormal = set(patients[y == 1].tolist())
+    ci: list[float] | None = None
+    if min(len(abnormal), len(set(patients.tolist()) - abnormal)) >= MIN_PATIENTS:
+        ci = list(bootstrap_ci(y, s, patients, roc_auc, n_resamples=n_resamples, seed=seed))
     return {"auroc": roc_auc(y, s), "auroc_ci": ci}
 
 

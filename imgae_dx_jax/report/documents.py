@@ -104,14 +104,16 @@ def _sections(comparison: Comparison) -> list[tuple[str, str, Table]]:
         (
             "Per-finding AUROC",
             "Images with each NIH finding (possibly among others) against all normal test "
-            "images, with 95% patient-bootstrap intervals. Values from fewer than "
-            f"{SMALL_N} abnormal images are unreliable.",
+            "images, with 95% patient-bootstrap intervals (none where the abnormal images, or "
+            "the patients without one, are a single patient's: a bootstrap cannot measure how "
+            f"patients differ). Values from fewer than {SMALL_N} abnormal images are unreliable.",
             finding_rows(comparison),
         ),
         (
             "Subgroup AUROC",
             "Normal vs. abnormal within each view position, sex and age band, with 95% "
-            "patient-bootstrap intervals (– where a subgroup lacks a class).",
+            "patient-bootstrap intervals (– where a subgroup lacks a class; no interval where "
+            "its abnormal images, or its patients without one, are a single patient's).",
             subgroup_rows(comparison),
         ),
         (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -329,3 +330,23 @@ def test_report_says_how_the_data_was_split(tmp_path):
     assert "seeded hash of the patient id (NIH's official test list" in split_text()
     model.metrics["official_split"] = True  # the tree's own train/ and test/ folders
     assert "image folder's own train/, val/ and test/ folders are the splits" in split_text()
+
+
+def test_no_patient_bootstrap_interval_from_a_single_patient():
+    def image(i: int, patient: str, findings: tuple[str, ...] = (), view: str = "PA") -> Record:
+        return replace(record(i, int(bool(findings)), findings), patient=patient, view=view)
+
+    normals = [image(i, f"n{i // 2}") for i in range(20)]  # 10 patients, 2 images each
+    edema = [image(20 + i, "e", ("Edema",)) for i in range(12)]  # one patient's 12 images
+    mass = [image(32 + i, f"m{i}", ("Mass",), "AP") for i in range(3)]  # three patients
+    ap = [image(35, "a", view="AP"), image(36, "a", view="AP")]  # the one normal AP patient
+    records = (*normals, *edema, *mass, *ap)
+    scores = np.random.default_rng(0).normal(size=len(records)) + [r.label for r in records]
+    split = SplitScores(records, scores, scores, {})
+    rows = {r["finding"]: r for r in per_finding(split, 200, 0)}
+    assert rows["Edema"]["n_abnormal"] == 12 and rows["Edema"]["auroc"] is not None
+    assert rows["Edema"]["auroc_ci"] is None  # every resample would draw patient "e" again
+    assert rows["Mass"]["auroc_ci"] is not None
+    views = {r["value"]: r for r in subgroups(split, 200, 0) if r["group"] == "view"}
+    assert views["AP"]["auroc"] is not None and views["AP"]["auroc_ci"] is None
+    assert views["PA"]["auroc_ci"] is None  # its abnormal images: patient "e" alone
