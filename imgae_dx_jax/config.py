@@ -295,9 +295,13 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8 YAML"
+        ) from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
     if loaded is None:

@@ -79,3 +79,11 @@ def test_parse_override_rejects_missing_equals():
     with pytest.raises(ConfigError):
         parse_override("train.epochs")
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+
+
+def test_a_config_file_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("# Überblick\ntrain:\n  epochs: 2\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert str(path) in str(info.value) and "not UTF-8" in str(info.value)
