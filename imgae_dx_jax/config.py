@@ -224,6 +224,8 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
             fail(f"model.{family}.validations_per_epoch", "must be >= 1")
     one_of("model.fast_path", m.fast_path, FAST_PATHS, "value")
     one_of("model.unet.mode", m.unet.mode, UNET_MODES, "mode")
+    if m.unet.groups < 1:
+        fail("model.unet.groups", f"must be >= 1 (GroupNorm groups), got {m.unet.groups}")
     for w in m.unet.widths:
         if w % m.unet.groups:
             fail("model.unet.groups", f"{m.unet.groups} groups do not divide {w} channels")

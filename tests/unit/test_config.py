@@ -46,6 +46,8 @@ def test_overrides_apply_in_order_and_coerce_types():
         ("eval.threshold=accuracy", "eval.threshold: unknown rule 'accuracy'"),
         ("eval.target_specificity=1", "eval.target_specificity: must be in (0, 1)"),
         ("model.ra.validations_per_epoch=0", "model.ra.validations_per_epoch: must be >= 1"),
+        ("model.unet.groups=0", "model.unet.groups: must be >= 1"),
+        ("model.unet.groups=-8", "model.unet.groups: must be >= 1"),
     ],
 )
 def test_bad_overrides_name_the_key_and_origin(override, fragment):
