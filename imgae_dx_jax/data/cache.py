@@ -321,15 +321,15 @@ def _read_all(
 ) -> Iterator[tuple[str, bytes]]:
     """Read every member in the store's fastest order; a corrupt member is recorded in ``failed``.
 
-    After the first corrupt member the rest are read one by one, so that one bad member costs
-    only itself.
+    After the first corrupt or unreadable member (a dangling symlink in a folder) the rest
+    are read one by one, so that one bad member costs only itself.
     """
     seen: set[str] = set()
     try:
         for member, data in store.read_many(members):
             seen.add(member)
             yield member, data
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, OSError):
         for member in members:
             if member in seen:
                 continue

@@ -66,8 +66,14 @@ class FolderStore:
         for directory, _, files in os.walk(self.root):
             for file in files:
                 path = Path(directory, file)
-                stat = path.stat()
                 name = path.relative_to(self.root).as_posix()
+                try:
+                    stat = path.stat()
+                except OSError:
+                    # A dangling symlink, or a file gone since the listing: kept, so that
+                    # reading it fails and the image is skipped and counted like a corrupt one.
+                    self._tokens[name] = "unreadable"
+                    continue
                 self._tokens[name] = f"{stat.st_size}:{stat.st_mtime_ns}"
         self._names = sorted(self._tokens)
 

@@ -18,9 +18,10 @@ from PIL import Image
 from imgae_dx_jax.data import kaggle
 from imgae_dx_jax.data.archive import ZipStore
 from imgae_dx_jax.data.cache import ensure_caches
+from imgae_dx_jax.data.imagefolder import build_imagefolder_catalog
 from imgae_dx_jax.data.nih import build_catalog, parse_data_entry
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, train_dataset
-from imgae_dx_jax.data.stores import DataError
+from imgae_dx_jax.data.stores import DataError, FolderStore
 from imgae_dx_jax.training.loop import StopFlag
 
 HEADER = (
@@ -192,6 +193,24 @@ def test_wrong_crc_is_detected_and_counted(tmp_path):
     source = ImageSource(catalog.records, store, 16, skips)
     assert source[0] is not None and source[1] is None
     assert skips.by_reason() == {"unreadable (CorruptMemberError)": 1}
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
+def test_a_dangling_symlink_in_an_image_folder_is_skipped_and_counted(tmp_path):
+    root = tmp_path / "tree"
+    for name in ("normal", "pneumonia"):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            (root / name / f"{i}.png").write_bytes(_png(40 * i))
+    (root / "normal" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    store = FolderStore(root, cache_dir=tmp_path / "cache")
+    catalog = build_imagefolder_catalog(store, ("normal",))
+    ensure_caches(store, catalog, 16, 2)
+    skips = SkipLog()
+    source = ImageSource(catalog.records, store, 16, skips)
+    decoded = [source[i] is not None for i in range(len(source))]
+    assert decoded.count(False) == 1 and len(decoded) == 7
+    assert skips.by_reason() == {"unreadable (FileNotFoundError)": 1}
 
 
 # --- kaggle.json permissions ---------------------------------------------------------------
