@@ -53,17 +53,24 @@ class _Transient(Exception):
 
 
 _QUERY = re.compile(r"\?[^\s'\"<>]*=[^\s'\"<>)]*")
+_USERINFO = re.compile(r"(?<=://)[^/\s'\"<>@]+@")
 
 
 def redact_urls(text: str) -> str:
-    """Drop the query strings of URLs inside a message (``requests`` errors quote them)."""
-    return _QUERY.sub("?<redacted>", text)
+    """Drop the query strings and ``user:password@`` of URLs inside a message.
+
+    ``requests`` errors quote the URLs they failed on.
+    """
+    return _QUERY.sub("?<redacted>", _USERINFO.sub("", text))
 
 
 def public_url(url: str) -> str:
-    """The URL without its query and fragment (signed URLs carry credentials there)."""
+    """The URL without ``user:password@``, query and fragment: scheme, host, port and path.
+
+    Signed URLs carry credentials in their query strings, basic-auth URLs before the host.
+    """
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 class HttpFile:
