@@ -62,7 +62,7 @@ def public_config(tree: Mapping[str, Any]) -> dict[str, Any]:
     """Return a copy of a config tree that is safe to upload.
 
     Values of keys that name credentials (``token``, ``secret``, ``password``, ``api_key``,
-    ...) become ``<redacted>``; strings that are URLs keep only scheme, host and path.
+    ...) become ``<redacted>``; strings that are URLs keep only scheme, host, port and path.
 
     Args:
         tree: nested mappings, lists and scalars (e.g. :func:`imgae_dx_jax.config.to_dict`).
@@ -80,7 +80,8 @@ def public_config(tree: Mapping[str, Any]) -> dict[str, Any]:
             return [clean(key, v) for v in value]
         if isinstance(value, str) and "://" in value:
             parts = urlsplit(value)
-            return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+            host = parts.netloc.rpartition("@")[2]  # without user:password@
+            return urlunsplit((parts.scheme, host, parts.path, "", ""))
         return value
 
     return {str(k): clean(str(k), v) for k, v in tree.items()}

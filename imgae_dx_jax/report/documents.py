@@ -34,6 +34,7 @@ from imgae_dx_jax.report.tables import (
 )
 from imgae_dx_jax.results import Comparison
 from imgae_dx_jax.schema import NIH_SOURCES
+from imgae_dx_jax.tracking import public_config
 
 SMALL_N = 10
 """The report warns that per-finding AUROCs from fewer abnormal images than this are unreliable."""
@@ -152,7 +153,11 @@ def _caption(name: str) -> str:
 
 
 def _configs(comparison: Comparison) -> list[tuple[str, str]]:
-    return [(m.name, yaml.safe_dump(to_dict(m.config), sort_keys=False)) for m in comparison.models]
+    """Each run's configuration as YAML, without secrets (a signed data URL's query string)."""
+    return [
+        (m.name, yaml.safe_dump(public_config(to_dict(m.config)), sort_keys=False))
+        for m in comparison.models
+    ]
 
 
 def write_markdown(comparison: Comparison, figures: dict[str, Path], path: Path) -> None:

@@ -23,7 +23,7 @@ from imgae_dx_jax.metrics.curves import (
     roc_points,
 )
 from imgae_dx_jax.metrics.localization import localization
-from imgae_dx_jax.report.documents import _sections, write_report
+from imgae_dx_jax.report.documents import _sections, write_html, write_markdown, write_report
 from imgae_dx_jax.report.overlay import overlay_rgb
 from imgae_dx_jax.results import Band, Comparison, ModelResult, SplitScores
 
@@ -350,3 +350,21 @@ def test_no_patient_bootstrap_interval_from_a_single_patient():
     views = {r["value"]: r for r in subgroups(split, 200, 0) if r["group"] == "view"}
     assert views["AP"]["auroc"] is not None and views["AP"]["auroc_ci"] is None
     assert views["PA"]["auroc_ci"] is None  # its abnormal images: patient "e" alone
+
+
+def test_the_report_shows_the_run_configurations_without_url_secrets(tmp_path):
+    url = "https://me:pa55@storage.example:8443/archive.zip?X-Goog-Signature=deadbeef"
+    result = fake_result("unet", 0, tmp_path / "unet")
+    result = replace(
+        result, config=load_config(overrides=["data.source=url", f"data.path={url}"])
+    )
+    comparison = Comparison(
+        [result], [], "synthetic data", {"n_resamples": 1000, "seed": 0}, tmp_path / "report"
+    )
+    (tmp_path / "report").mkdir()
+    write_markdown(comparison, {}, tmp_path / "report" / "report.md")
+    write_html(comparison, {}, tmp_path / "report" / "report.html")
+    for name in ("report.md", "report.html"):
+        text = (tmp_path / "report" / name).read_text()
+        assert "https://storage.example:8443/archive.zip" in text, name
+        assert "deadbeef" not in text and "pa55" not in text, name
