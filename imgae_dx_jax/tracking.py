@@ -15,6 +15,7 @@ from __future__ import annotations
 import netrc
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -79,12 +80,27 @@ def public_config(tree: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(value, list | tuple):
             return [clean(key, v) for v in value]
         if isinstance(value, str) and "://" in value:
-            parts = urlsplit(value)
-            host = parts.netloc.rpartition("@")[2]  # without user:password@
-            return urlunsplit((parts.scheme, host, parts.path, "", ""))
+            return _public_url(value)
         return value
 
     return {str(k): clean(str(k), v) for k, v in tree.items()}
+
+
+def _public_url(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]  # without user:password@
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def public_args(args: Sequence[str]) -> list[str]:
+    """Command-line arguments safe to upload: each URL in them cleaned as by :func:`public_config`.
+
+    ``--data https://u:p@host/a.zip?sig=...`` becomes ``--data https://host/a.zip``.
+    """
+    return [_URL.sub(lambda match: _public_url(match.group(0)), arg) for arg in args]
 
 
 def resource_metrics() -> dict[str, float]:
@@ -202,6 +218,10 @@ class Tracker:
         settings = wandb.Settings(
             silent=True, console="off", disable_git=True, save_code=False, disable_code=True
         )
+        # W&B records the command line (sys.argv) with the run: a signed --data URL would be
+        # uploaded whole, so it sees the arguments cleaned while the run starts.
+        argv = sys.argv
+        sys.argv = [*argv[:1], *public_args(argv[1:])]
         try:
             self._run = wandb.init(
                 mode=cast(Literal["online", "offline", "disabled"], self.mode),
@@ -216,6 +236,8 @@ class Tracker:
             )
         except wandb.Error as err:
             raise TrackingError(f"W&B could not start a {self.mode} run: {err}") from None
+        finally:
+            sys.argv = argv
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log scalars (numbers, or 0-d arrays) at ``step``; keys may use ``/`` to group.

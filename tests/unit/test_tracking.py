@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -31,14 +32,17 @@ def test_public_config_drops_secrets():
     assert clean["data"]["stages"] == ["images_001"]
 
 
-def test_offline_run_is_written_with_the_logged_keys(tmp_path):
+def test_offline_run_is_written_with_the_logged_keys(tmp_path, monkeypatch):
     config = to_dict(load_config())
     config["data"]["path"] = SIGNED
+    # W&B records the command line: a signed --data URL must not reach it whole.
+    argv = ["imgae-train", "--source", "url", "--data", SIGNED, "--run-dir", "argv-marker"]
+    monkeypatch.setattr(sys, "argv", argv)
     tracker = Tracker.from_config(load_config().tracking, job_type="evaluate")
     assert tracker.mode == "offline" and not tracker.enabled
     with tracker:
         tracker.start(config | {"kaggle_token": "s3cret"}, tmp_path / "run")
-        assert tracker.enabled
+        assert tracker.enabled and sys.argv is argv
         tracker.log({"loss": 0.5, "val/auroc": np.float32(0.75)}, step=1)
         tracker.log({"images_per_s": 12.0}, step=2)
         tracker.log_images(
@@ -60,6 +64,8 @@ def test_offline_run_is_written_with_the_logged_keys(tmp_path):
         b"test/per_finding",
         b"test/auroc",
         b"image_size",
+        b"argv-marker",
+        b"https://storage.example.com/archive.zip",
     )
     # W&B's service process may still be flushing the run file right after finish().
     deadline = time.monotonic() + 30
