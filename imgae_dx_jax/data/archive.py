@@ -218,24 +218,28 @@ def _extract(member: _Member, data: bytes | memoryview) -> bytes:
     )
     if signature != _LOCAL_SIGNATURE:
         raise CorruptMemberError(f"{info.filename}: bad local header signature")
-    if flags & 0x1:
+    # The central directory says what the member is; a local header that disagrees is corrupt
+    # (that member is skipped), not an archive this reader does not support (which stops).
+    if info.flag_bits & 0x1:
         raise DataError(f"{info.filename}: encrypted ZIP members are not supported")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise DataError(
+            f"{info.filename}: ZIP compression method {info.compress_type} is not supported "
+            "(only stored and deflated)"
+        )
+    if method != info.compress_type or flags & 0x1:
+        raise CorruptMemberError(f"{info.filename}: local header disagrees with the directory")
     start = _LOCAL_HEADER.size + name_length + extra_length
     payload = data[start : start + info.compress_size]
     if len(payload) != info.compress_size:
         raise CorruptMemberError(f"{info.filename}: truncated member data")
     if method == zipfile.ZIP_STORED:
         out = bytes(payload)
-    elif method == zipfile.ZIP_DEFLATED:
+    else:
         try:
             out = zlib.decompress(payload, -15)
         except zlib.error as err:
             raise CorruptMemberError(f"{info.filename}: {err}") from None
-    else:
-        raise DataError(
-            f"{info.filename}: ZIP compression method {method} is not supported "
-            "(only stored and deflated)"
-        )
     if zlib.crc32(out) != info.CRC:
         raise CorruptMemberError(f"{info.filename}: CRC mismatch")
     return out

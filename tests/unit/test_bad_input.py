@@ -213,6 +213,27 @@ def test_a_dangling_symlink_in_an_image_folder_is_skipped_and_counted(tmp_path):
     assert skips.by_reason() == {"unreadable (FileNotFoundError)": 1}
 
 
+def test_a_corrupt_local_header_costs_only_its_member(tmp_path):
+    members = {
+        "Data_Entry_2017.csv": _csv(["a.png", "b.png"]),
+        "images_001/images/a.png": _png(10),
+        "images_001/images/b.png": _png(200),
+    }
+    archive = _archive(tmp_path / "a.zip", members)
+    with zipfile.ZipFile(archive) as z:
+        offset = z.getinfo("images_001/images/b.png").header_offset
+    raw = bytearray(archive.read_bytes())
+    raw[offset + 8 : offset + 10] = b"\xff\x00"  # the compression method: 255, no such method
+    archive.write_bytes(bytes(raw))
+    store = ZipStore(archive, cache_dir=tmp_path / "cache")
+    catalog = build_catalog(store, ("images_001",))
+    ensure_caches(store, catalog, 16, 2)
+    skips = SkipLog()
+    source = ImageSource(catalog.records, store, 16, skips)
+    assert source[0] is not None and source[1] is None
+    assert skips.by_reason() == {"unreadable (CorruptMemberError)": 1}
+
+
 # --- kaggle.json permissions ---------------------------------------------------------------
 
 
