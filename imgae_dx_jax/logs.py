@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from collections.abc import Callable
@@ -14,8 +15,8 @@ def setup_logging(debug: bool) -> None:
     """Console logging: INFO for this package, warnings only for the libraries under it.
 
     Without ``debug``, library tracebacks are kept out of the console: their log records are
-    cut to their first line, and the ignored ``Event loop is closed`` errors of an abandoned
-    checkpoint read are dropped.
+    cut to their first line, and the ignored errors of an abandoned checkpoint read (``Event
+    loop is closed``, its read coroutines closed unfinished) are dropped.
 
     Records go to ``sys.stderr`` as it is when each is written, not as it was at the call,
     so a stream replaced later (by a test harness capturing output, and closed after it) does
@@ -80,12 +81,15 @@ class _NoTraceback(logging.Filter):
 
 
 class _DropClosedLoopCallbacks:
-    """An unraisable-exception hook that drops ``RuntimeError: Event loop is closed``.
+    """An unraisable-exception hook that drops the errors of an abandoned checkpoint read.
 
     When Orbax cannot restore a checkpoint (a corrupt one, then set aside), the event loop
     of that restore closes while TensorStore reads of it are still in flight; each read that
-    finishes later calls ``loop.call_soon_threadsafe`` on the closed loop, and Python prints
-    the error it ignores with a traceback, dozens of them. Nothing is lost: the restore had
+    finishes later calls ``loop.call_soon_threadsafe`` on the closed loop (``RuntimeError:
+    Event loop is closed``), and each read coroutine closed unfinished turns the
+    ``GeneratorExit`` it is closed with into another exception (Orbax's "Encountered error
+    while reading array index", with the array's whole TensorStore spec). Python prints each
+    error it ignores with a traceback, dozens of them. Nothing is lost: the restore had
     already failed and was reported. Every other unraisable exception goes to the previous
     hook.
     """
@@ -95,8 +99,12 @@ class _DropClosedLoopCallbacks:
         """The hook that was in place (Python's default prints the traceback)."""
 
     def __call__(self, unraisable: sys.UnraisableHookArgs) -> None:
-        """Drop a closed event loop's error; pass any other one on."""
+        """Drop a closed event loop's error and a closed coroutine's; pass any other one on."""
         error = unraisable.exc_value
         if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        if inspect.iscoroutine(unraisable.object) and isinstance(
+            getattr(error, "__cause__", None), GeneratorExit
+        ):
             return
         self.previous(unraisable)

@@ -6,6 +6,7 @@ import io
 import logging
 import re
 import sys
+from collections.abc import Generator
 
 import pytest
 from tqdm import tqdm
@@ -60,3 +61,29 @@ def test_closed_event_loop_errors_are_dropped_and_others_kept(
     _FailsWhenCollected(RuntimeError("Event loop is closed"))
     _FailsWhenCollected(RuntimeError("something else"))
     assert [str(error) for error in seen] == ["something else"]
+
+
+class _Suspend:
+    def __await__(self) -> Generator[None, None, None]:
+        yield
+
+
+async def _read_array() -> None:
+    try:
+        await _Suspend()
+    except BaseException as e:  # as Orbax's _read_array_index_and_device_put does
+        raise Exception("Encountered error while reading array index") from e
+
+
+def test_abandoned_read_coroutines_are_dropped_and_others_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable.exc_value))
+    setup_logging(debug=False)
+    coroutine = _read_array()
+    coroutine.send(None)  # suspended mid-read, as a read of a failed restore is left
+    del coroutine  # closed unfinished: GeneratorExit becomes another exception, ignored
+    _FailsWhenCollected(Exception("Encountered error while reading array index"))
+    assert [str(error) for error in seen] == ["Encountered error while reading array index"]
+    assert seen[0] is not None and seen[0].__cause__ is None  # the one not from a coroutine
