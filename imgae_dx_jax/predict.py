@@ -43,8 +43,14 @@ MAX_OVERLAY_SIDE = 1024
 """Overlays of larger images are downscaled to this longest side."""
 
 
-def find_images(inputs: Sequence[Path]) -> list[Path]:
+def find_images(inputs: Sequence[Path], skip: Path | None = None) -> list[Path]:
     """Expand files and directories (recursively) into image files, in a stable order.
+
+    Args:
+        inputs: image files and directories.
+        skip: a directory whose files a searched directory holding it below itself does not
+            contribute: the output directory, so that the overlays of an earlier prediction
+            (``imgae-predict . --out predictions``) are not scored as X-rays.
 
     Raises:
         PredictError: for a path that does not exist, or when no image file is found.
@@ -53,8 +59,16 @@ def find_images(inputs: Sequence[Path]) -> list[Path]:
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
+            root = path.resolve()
+            below = skip.expanduser().resolve() if skip is not None else None
+            if below is not None and (below == root or not below.is_relative_to(root)):
+                below = None
             found += sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and (below is None or not p.resolve().is_relative_to(below))
             )
         elif path.is_file():
             found.append(path)
@@ -127,7 +141,7 @@ def predict(inputs: Sequence[Path], run_dir: Path, out_dir: Path) -> list[Predic
         PredictError: for missing inputs, or when no file could be read.
         ConfigError: when ``out_dir`` cannot be created.
     """
-    files = find_images(inputs)
+    files = find_images(inputs, skip=out_dir)
     config = rundir.load_export_config(run_dir)
     calibration = rundir.load_calibration(run_dir)
     rundir.make_out_dir(out_dir)

@@ -180,3 +180,16 @@ def test_imgae_predict_imports_neither_pyplot_nor_the_evaluator(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "2 True []"  # predict ran (and refused the missing file)
+
+
+def test_a_second_prediction_does_not_score_the_first_ones_overlays(run_dir, images):
+    out = images / "predictions"  # below the input folder, as `imgae-predict .` leaves it
+    first = predict([images], run_dir, out)
+    second = predict([images], run_dir, out)
+    assert [p.path for p in second] == [p.path for p in first]
+    assert not any(p.path.is_relative_to(out) for p in second)
+    # A file named explicitly is still scored, wherever it lies; an --out that is the input
+    # folder itself hides nothing.
+    (explicit,) = predict([out / "a_overlay.png"], run_dir, images / "again")
+    assert explicit.error is None
+    assert len(predict([out], run_dir, out)) == len(first) - 1  # broken.png makes no overlay
