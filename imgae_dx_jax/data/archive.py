@@ -74,6 +74,13 @@ class LocalFile:
             start += len(chunk)
         return b"".join(parts)
 
+    def close(self) -> None:
+        """Close the file (a later read opens it again)."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
     def __getstate__(self) -> dict[str, object]:
         return {"path": self.path, "size": self.size, "description": self.description}
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from imgae_dx_jax.config import cache_dir_of
 from imgae_dx_jax.data import imagefolder, kaggle
-from imgae_dx_jax.data.archive import ZipStore
+from imgae_dx_jax.data.archive import ByteSource, LocalFile, ZipStore
 from imgae_dx_jax.data.http import open_url, public_url
 from imgae_dx_jax.data.nih import Catalog, build_catalog
 from imgae_dx_jax.data.stores import FolderStore, Store, sample_archive_path
@@ -58,7 +58,7 @@ def open_store(data: DataConfig) -> Store:
         return FolderStore(path, cache_dir=cache_dir)
     if data.source == "url":
         source = open_url(lambda: data.path, downloads, retries=data.retries, timeout=data.timeout)
-        return ZipStore(source, description=f"url {public_url(data.path)}", cache_dir=cache_dir)
+        return _remote_zip(source, f"url {public_url(data.path)}", cache_dir)
     if data.source == "kaggle":
         dataset = data.path or kaggle.DEFAULT_DATASET
         kaggle.dataset_ref(dataset)
@@ -69,8 +69,35 @@ def open_store(data: DataConfig) -> Store:
             timeout=data.timeout,
             can_refresh=True,
         )
-        return ZipStore(source, description=f"kaggle {dataset}", cache_dir=cache_dir)
+        return _remote_zip(source, f"kaggle {dataset}", cache_dir)
     raise DataError(f"unknown data source {data.source!r}")
+
+
+def _remote_zip(source: ByteSource, description: str, cache_dir: Path | None) -> ZipStore:
+    """The archive of a URL; a whole-file download of it that is no ZIP is deleted.
+
+    A server without Range support is downloaded into the cache once (:func:`open_url`), and
+    the download is reused by every later run. When what arrived is no ZIP (an HTML error or
+    login page, a file replaced on the server since), keeping it would fail every rerun the
+    same way, even after the server is fixed: it is removed, and the error says so.
+
+    Raises:
+        DataError: the URL's file is not a readable ZIP archive.
+    """
+    try:
+        return ZipStore(source, description=description, cache_dir=cache_dir)
+    except DataError as err:
+        if not isinstance(source, LocalFile):
+            raise
+        source.close()
+        try:
+            source.path.unlink()
+        except OSError:
+            raise DataError(f"{err}; delete its download {source.path} to fetch it again") from None
+        raise DataError(
+            f"{err} (the server sent {source.size} bytes; the download is removed, so the "
+            "next run fetches it again)"
+        ) from None
 
 
 LOCAL_SOURCES = ("archive", "folder", "imagefolder")

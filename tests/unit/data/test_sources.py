@@ -11,8 +11,8 @@ import pytest
 
 from imgae_dx_jax.cli import overrides_from_args, train_parser
 from imgae_dx_jax.config import ConfigError, load_config
-from imgae_dx_jax.data import DataError, load_splits
-from imgae_dx_jax.data.archive import ZipStore
+from imgae_dx_jax.data import DataError, load_splits, sources
+from imgae_dx_jax.data.archive import LocalFile, ZipStore
 from imgae_dx_jax.data.http import public_url, redact_urls
 from imgae_dx_jax.data.imagefolder import build_imagefolder_catalog, patient_of
 from imgae_dx_jax.data.nih import build_catalog, parse_data_entry
@@ -325,3 +325,20 @@ def test_urls_are_described_without_credentials():
     assert redact_urls(message) == (
         "cannot open 'https://host.example:8443/nih/archive.zip?<redacted>': refused"
     )
+
+
+def test_a_downloaded_url_file_that_is_no_zip_is_removed(tmp_path, monkeypatch):
+    # A server without Range support is downloaded whole into the cache (open_url); an HTML
+    # page that arrived instead of the archive must not fail every later run too.
+    download = tmp_path / "downloads" / "0123-archive.zip"
+    download.parent.mkdir()
+    download.write_bytes(b"<html>sign in</html>")
+    monkeypatch.setattr(sources, "open_url", lambda *args, **kwargs: LocalFile(download))
+    data = load_config(
+        overrides=["data.source=url", "data.path=https://host.example/archive.zip?sig=1"]
+    ).data
+    with pytest.raises(DataError) as info:
+        open_store(data)
+    assert "url https://host.example/archive.zip is not a readable ZIP archive" in str(info.value)
+    assert "the server sent 20 bytes; the download is removed" in str(info.value)
+    assert not download.exists()
