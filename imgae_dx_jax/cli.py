@@ -31,9 +31,10 @@ from imgae_dx_jax.data import kaggle
 from imgae_dx_jax.data.sources import source_stages
 from imgae_dx_jax.errors import ImgaeError, Interrupted
 from imgae_dx_jax.logs import setup_logging
+from imgae_dx_jax.redact import public_config
 from imgae_dx_jax.results import Prediction
 from imgae_dx_jax.schema import MODELS, PRECISIONS, SOURCES, WANDB_MODES
-from imgae_dx_jax.tracking import public_config, wandb_credentials, wandb_server
+from imgae_dx_jax.tracking import wandb_credentials, wandb_server
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import netrc
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from imgae_dx_jax.config import to_dict
 from imgae_dx_jax.errors import TrackingError
+from imgae_dx_jax.redact import public_args, public_config
 from imgae_dx_jax.schema import WANDB_MODES, Config, TrackingConfig
 
 WANDB_SERVER = "https://api.wandb.ai"
@@ -53,54 +53,6 @@ def wandb_credentials() -> str | None:
     except (OSError, netrc.NetrcParseError):
         pass
     return None
-
-
-_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_?key|credential|auth)", re.I)
-REDACTED = "<redacted>"
-
-
-def public_config(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """Return a copy of a config tree that is safe to upload.
-
-    Values of keys that name credentials (``token``, ``secret``, ``password``, ``api_key``,
-    ...) become ``<redacted>``; strings that are URLs keep only scheme, host, port and path.
-
-    Args:
-        tree: nested mappings, lists and scalars (e.g. :func:`imgae_dx_jax.config.to_dict`).
-
-    Returns:
-        The cleaned copy.
-    """
-
-    def clean(key: str, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {k: clean(str(k), v) for k, v in value.items()}
-        if _SECRET_KEY.search(key) and value not in ("", None):
-            return REDACTED
-        if isinstance(value, list | tuple):
-            return [clean(key, v) for v in value]
-        if isinstance(value, str) and "://" in value:
-            return _public_url(value)
-        return value
-
-    return {str(k): clean(str(k), v) for k, v in tree.items()}
-
-
-def _public_url(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]  # without user:password@
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
-
-
-def public_args(args: Sequence[str]) -> list[str]:
-    """Command-line arguments safe to upload: each URL in them cleaned as by :func:`public_config`.
-
-    ``--data https://u:p@host/a.zip?sig=...`` becomes ``--data https://host/a.zip``.
-    """
-    return [_URL.sub(lambda match: _public_url(match.group(0)), arg) for arg in args]
 
 
 def resource_metrics() -> dict[str, float]:

@@ -28,6 +28,7 @@ import requests
 from imgae_dx_jax.data.archive import ByteSource, LocalFile
 from imgae_dx_jax.errors import DataError
 from imgae_dx_jax.progress import progress_bar
+from imgae_dx_jax.redact import public_url, redact_urls
 
 log = logging.getLogger(__name__)
 
@@ -50,27 +51,6 @@ class RangeNotSupportedError(DataError):
 
 class _Transient(Exception):
     """A failure worth retrying (5xx, 429, a short body)."""
-
-
-_QUERY = re.compile(r"\?[^\s'\"<>]*=[^\s'\"<>)]*")
-_USERINFO = re.compile(r"(?<=://)[^/\s'\"<>@]+@")
-
-
-def redact_urls(text: str) -> str:
-    """Drop the query strings and ``user:password@`` of URLs inside a message.
-
-    ``requests`` errors quote the URLs they failed on.
-    """
-    return _QUERY.sub("?<redacted>", _USERINFO.sub("", text))
-
-
-def public_url(url: str) -> str:
-    """The URL without ``user:password@``, query and fragment: scheme, host, port and path.
-
-    Signed URLs carry credentials in their query strings, basic-auth URLs before the host.
-    """
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 class HttpFile:

@@ -29,8 +29,8 @@ from typing import Any
 
 import requests
 
-from imgae_dx_jax.data.http import redact_urls
 from imgae_dx_jax.errors import DataError
+from imgae_dx_jax.redact import redact_urls
 
 log = logging.getLogger(__name__)
 

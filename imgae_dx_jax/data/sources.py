@@ -24,10 +24,11 @@ from pathlib import Path
 from imgae_dx_jax.config import cache_dir_of
 from imgae_dx_jax.data import imagefolder, kaggle
 from imgae_dx_jax.data.archive import ByteSource, LocalFile, ZipStore
-from imgae_dx_jax.data.http import open_url, public_url
+from imgae_dx_jax.data.http import open_url
 from imgae_dx_jax.data.nih import Catalog, build_catalog
 from imgae_dx_jax.data.stores import FolderStore, Store, sample_archive_path
 from imgae_dx_jax.errors import DataError
+from imgae_dx_jax.redact import public_url
 from imgae_dx_jax.schema import NIH_SOURCES, DataConfig
 
 

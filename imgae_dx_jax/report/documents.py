@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from imgae_dx_jax.config import to_dict
+from imgae_dx_jax.redact import public_config
 from imgae_dx_jax.report.figures import write_figures
 from imgae_dx_jax.report.tables import (
     Table,
@@ -34,7 +35,6 @@ from imgae_dx_jax.report.tables import (
 )
 from imgae_dx_jax.results import Comparison
 from imgae_dx_jax.schema import NIH_SOURCES
-from imgae_dx_jax.tracking import public_config
 
 SMALL_N = 10
 """The report warns that per-finding AUROCs from fewer abnormal images than this are unreliable."""

@@ -13,7 +13,6 @@ from imgae_dx_jax.cli import overrides_from_args, train_parser
 from imgae_dx_jax.config import ConfigError, load_config
 from imgae_dx_jax.data import DataError, load_splits, sources
 from imgae_dx_jax.data.archive import LocalFile, ZipStore
-from imgae_dx_jax.data.http import public_url, redact_urls
 from imgae_dx_jax.data.imagefolder import build_imagefolder_catalog, patient_of
 from imgae_dx_jax.data.nih import build_catalog, parse_data_entry
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog
@@ -316,15 +315,6 @@ def test_packaged_pediatric_config_reads_the_development_set():
     assert len(catalog.records) == 2341
     assert sum(r.label == 0 for r in catalog.records) == 1341
     assert len({r.patient for r in catalog.records}) == 1953
-
-
-def test_urls_are_described_without_credentials():
-    url = "https://me:pa55word@host.example:8443/nih/archive.zip?sig=abc123&x=1#frag"
-    assert public_url(url) == "https://host.example:8443/nih/archive.zip"
-    message = f"cannot open {url!r}: refused"
-    assert redact_urls(message) == (
-        "cannot open 'https://host.example:8443/nih/archive.zip?<redacted>': refused"
-    )
 
 
 def test_a_downloaded_url_file_that_is_no_zip_is_removed(tmp_path, monkeypatch):

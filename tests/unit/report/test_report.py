@@ -355,9 +355,7 @@ def test_no_patient_bootstrap_interval_from_a_single_patient():
 def test_the_report_shows_the_run_configurations_without_url_secrets(tmp_path):
     url = "https://me:pa55@storage.example:8443/archive.zip?X-Goog-Signature=deadbeef"
     result = fake_result("unet", 0, tmp_path / "unet")
-    result = replace(
-        result, config=load_config(overrides=["data.source=url", f"data.path={url}"])
-    )
+    result = replace(result, config=load_config(overrides=["data.source=url", f"data.path={url}"]))
     comparison = Comparison(
         [result], [], "synthetic data", {"n_resamples": 1000, "seed": 0}, tmp_path / "report"
     )
