@@ -106,15 +106,23 @@ def build_imagefolder_catalog(
         )
     pattern = re.compile(patient_pattern) if patient_pattern else None
     patients = {name: patient_of(name, pattern) for name in classes}
-    unmatched = sum(p is None for p in patients.values())
+    unmatched = sorted(name for name, p in patients.items() if p is None)
     if pattern is not None:
-        log.info(
-            "data.patient_pattern: %d images of %d patients; %d file names do not match it "
-            "(each is its own patient)",
-            len(patients),
-            len({p for p in patients.values() if p is not None}) + unmatched,
-            unmatched,
-        )
+        named = len({p for p in patients.values() if p is not None})
+        if unmatched:
+            # A file the pattern misses is its own patient: if it is another image of a
+            # patient the pattern names, that patient can land in two splits.
+            log.warning(
+                "data.patient_pattern: %d images of %d patients; %d file names do not match it "
+                "(e.g. %s) and are each their own patient: widen the pattern if they are "
+                "images of its patients",
+                len(patients),
+                named + len(unmatched),
+                len(unmatched),
+                unmatched[0],
+            )
+        else:
+            log.info("data.patient_pattern: %d images of %d patients", len(patients), named)
     records = tuple(
         Record(
             key=name,
