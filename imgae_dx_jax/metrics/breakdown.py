@@ -27,19 +27,25 @@ MIN_PATIENTS = 2
 def _auroc_with_ci(
     split: SplitScores, keep: np.ndarray, labels: np.ndarray, n_resamples: int, seed: int
 ) -> dict[str, Any]:
-    """``auroc`` and ``auroc_ci`` of the images ``keep`` (None where undefined).
+    """``auroc``, ``auroc_ci`` and the patient counts of the images ``keep``.
 
-    The interval is None where either stratum of the patient bootstrap has fewer than
-    :data:`MIN_PATIENTS` patients.
+    ``auroc`` and ``auroc_ci`` are None where undefined; ``patients_abnormal`` counts the
+    patients with an abnormal image, ``patients_normal`` the others. The interval is None
+    where either stratum of the patient bootstrap has fewer than :data:`MIN_PATIENTS`
+    patients.
     """
     y, s, patients = labels[keep], split.scores[keep], split.patients[keep]
-    if not 0 < y.sum() < y.size:
-        return {"auroc": None, "auroc_ci": None}
     abnormal = set(patients[y == 1].tolist())
+    counts = {
+        "patients_abnormal": len(abnormal),
+        "patients_normal": len(set(patients.tolist()) - abnormal),
+    }
+    if not 0 < y.sum() < y.size:
+        return {"auroc": None, "auroc_ci": None, **counts}
     ci: list[float] | None = None
-    if min(len(abnormal), len(set(patients.tolist()) - abnormal)) >= MIN_PATIENTS:
+    if min(counts.values()) >= MIN_PATIENTS:
         ci = list(bootstrap_ci(y, s, patients, roc_auc, n_resamples=n_resamples, seed=seed))
-    return {"auroc": roc_auc(y, s), "auroc_ci": ci}
+    return {"auroc": roc_auc(y, s), "auroc_ci": ci, **counts}
 
 
 def per_finding(split: SplitScores, n_resamples: int, seed: int) -> list[dict[str, Any]]:
@@ -51,8 +57,8 @@ def per_finding(split: SplitScores, n_resamples: int, seed: int) -> list[dict[st
         seed: bootstrap seed.
 
     Returns:
-        One row per finding: ``finding``, ``n_abnormal``, ``n_normal``, ``auroc`` and
-        ``auroc_ci`` (``[low, high]``).
+        One row per finding: ``finding``, ``n_abnormal``, ``n_normal`` (images),
+        ``patients_abnormal``, ``patients_normal``, ``auroc`` and ``auroc_ci`` (``[low, high]``).
     """
     labels, normal = split.labels, split.labels == 0
     rows = []
@@ -94,8 +100,8 @@ def subgroups(split: SplitScores, n_resamples: int, seed: int) -> list[dict[str,
         seed: bootstrap seed.
 
     Returns:
-        One row per subgroup: ``group``, ``value``, ``n_normal``, ``n_abnormal``, ``auroc``
-        and ``auroc_ci``.
+        One row per subgroup: ``group``, ``value``, ``n_normal``, ``n_abnormal`` (images),
+        ``patients_abnormal``, ``patients_normal``, ``auroc`` and ``auroc_ci``.
     """
     rows = []
     labels = split.labels

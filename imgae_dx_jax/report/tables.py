@@ -138,14 +138,14 @@ def _auroc_cell(row: dict[str, Any]) -> str | None:
 def finding_rows(comparison: Comparison) -> Table:
     """AUROC of each NIH finding vs. the normals, one column per model."""
     models = comparison.models
-    columns = ["finding", "abnormal", "normal", *(m.name for m in models)]
+    columns = ["finding", "abnormal (patients)", "normal (patients)", *(m.name for m in models)]
     rows = []
     for i, row in enumerate(models[0].metrics["per_finding"]):
         rows.append(
             [
                 row["finding"],
-                row["n_abnormal"],
-                row["n_normal"],
+                f"{row['n_abnormal']} ({row['patients_abnormal']})",
+                f"{row['n_normal']} ({row['patients_normal']})",
                 *(_auroc_cell(m.metrics["per_finding"][i]) for m in models),
             ]
         )
@@ -155,15 +155,21 @@ def finding_rows(comparison: Comparison) -> Table:
 def subgroup_rows(comparison: Comparison) -> Table:
     """AUROC per view position, sex and age band, one column per model."""
     models = comparison.models
-    columns = ["group", "value", "normal", "abnormal", *(m.name for m in models)]
+    columns = [
+        "group",
+        "value",
+        "normal (patients)",
+        "abnormal (patients)",
+        *(m.name for m in models),
+    ]
     rows = []
     for i, row in enumerate(models[0].metrics["subgroups"]):
         rows.append(
             [
                 row["group"],
                 row["value"],
-                row["n_normal"],
-                row["n_abnormal"],
+                f"{row['n_normal']} ({row['patients_normal']})",
+                f"{row['n_abnormal']} ({row['patients_abnormal']})",
                 *(_auroc_cell(m.metrics["subgroups"][i]) for m in models),
             ]
         )

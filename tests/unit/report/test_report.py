@@ -346,6 +346,8 @@ def test_no_patient_bootstrap_interval_from_a_single_patient():
     rows = {r["finding"]: r for r in per_finding(split, 200, 0)}
     assert rows["Edema"]["n_abnormal"] == 12 and rows["Edema"]["auroc"] is not None
     assert rows["Edema"]["auroc_ci"] is None  # every resample would draw patient "e" again
+    assert (rows["Edema"]["patients_abnormal"], rows["Edema"]["patients_normal"]) == (1, 11)
+    assert (rows["Mass"]["patients_abnormal"], rows["Mass"]["patients_normal"]) == (3, 11)
     assert rows["Mass"]["auroc_ci"] is not None
     views = {r["value"]: r for r in subgroups(split, 200, 0) if r["group"] == "view"}
     assert views["AP"]["auroc"] is not None and views["AP"]["auroc_ci"] is None
