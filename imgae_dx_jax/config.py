@@ -10,6 +10,7 @@ the file (or ``--set``) and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -295,9 +296,28 @@ def validate(config: Config, origins: Mapping[str, str] | None = None) -> None:
         fail("tracking.images_every", "must be >= 0 (0 = never)")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    PyYAML keeps the last value of a repeated key: a second ``train:`` section would drop the
+    whole first one without a word.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     except UnicodeDecodeError as err:
@@ -413,6 +433,8 @@ def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
         raise bad("an integer")
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # YAML's .nan and .inf
+                raise bad("a finite number")
             return float(value)
         if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             return float(value)  # YAML reads 1e-4 (no dot) as a string

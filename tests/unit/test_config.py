@@ -48,6 +48,8 @@ def test_overrides_apply_in_order_and_coerce_types():
         ("model.ra.validations_per_epoch=0", "model.ra.validations_per_epoch: must be >= 1"),
         ("model.unet.groups=0", "model.unet.groups: must be >= 1"),
         ("model.unet.groups=-8", "model.unet.groups: must be >= 1"),
+        ("model.ae.learning_rate=.nan", "model.ae.learning_rate: expected a finite number"),
+        ("data.timeout=.inf", "data.timeout: expected a finite number"),
     ],
 )
 def test_bad_overrides_name_the_key_and_origin(override, fragment):
@@ -89,3 +91,13 @@ def test_a_config_file_that_is_not_utf8_names_the_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
     assert str(path) in str(info.value) and "not UTF-8" in str(info.value)
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
+    # PyYAML keeps the last value: the second train: section would drop the first silently.
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  epochs: 3\nmodel:\n  name: unet\ntrain:\n  batch_size: 8\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert str(path) in str(info.value) and "key 'train' given twice" in str(info.value)
+    assert "line 5" in str(info.value)
