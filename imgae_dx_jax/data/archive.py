@@ -52,6 +52,11 @@ class LocalFile:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path).expanduser()
+        if self.path.is_dir():
+            raise DataError(
+                f"{self.path} is a folder, not a ZIP archive (--source folder reads an "
+                "extracted NIH tree, --source imagefolder a tree of class folders)"
+            )
         if not self.path.is_file():
             raise DataError(f"archive not found: {self.path}")
         self.size = self.path.stat().st_size

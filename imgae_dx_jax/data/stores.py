@@ -60,6 +60,11 @@ class FolderStore:
         self.root = Path(root).expanduser()
         self.description = description or f"folder {self.root}"
         self.cache_dir = cache_dir
+        if self.root.is_file():
+            raise DataError(
+                f"{self.root} is a file, not a folder (--source archive reads a ZIP of the "
+                "NIH layout, --source imagefolder a ZIP of class folders)"
+            )
         if not self.root.is_dir():
             raise DataError(f"data folder not found: {self.root}")
         self._tokens: dict[str, str] = {}

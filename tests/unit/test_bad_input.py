@@ -165,6 +165,15 @@ def test_a_split_too_small_for_a_batch_says_how_many_images_cannot_be_decoded(tm
     assert "(and 3 of them cannot be decoded: 3 not_an_image)" in str(info.value)
 
 
+def test_a_folder_given_as_an_archive_and_a_file_as_a_folder_say_so(tmp_path):
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "data.zip").write_bytes(b"PK")
+    with pytest.raises(DataError, match=r"tree is a folder, not a ZIP archive \(--source folder"):
+        ZipStore(tmp_path / "tree")
+    with pytest.raises(DataError, match=r"data.zip is a file, not a folder \(--source archive"):
+        FolderStore(tmp_path / "data.zip")
+
+
 def test_truncated_archive_is_a_clear_error(tmp_path):
     members = {"Data_Entry_2017.csv": _csv(["a.png"]), "images_001/images/a.png": _png()}
     archive = _archive(tmp_path / "a.zip", members)
