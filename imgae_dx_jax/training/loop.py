@@ -28,7 +28,7 @@ from imgae_dx_jax.data import Store
 from imgae_dx_jax.data.nih import Record
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, eval_dataset, train_dataset
 from imgae_dx_jax.data.split import Splits
-from imgae_dx_jax.errors import Interrupted, NonFiniteLossError
+from imgae_dx_jax.errors import DataError, Interrupted, NonFiniteLossError
 from imgae_dx_jax.memory import release_memory
 from imgae_dx_jax.progress import progress_bar
 from imgae_dx_jax.schema import STAGES, Config
@@ -86,8 +86,15 @@ def validation_batches(n_images: int, batch_size: int, processes: int) -> int:
     The split is read by ``processes`` processes, each taking the same number of batches.
 
     Raises:
-        ConfigError: when there is not one.
+        DataError: when the split has no image (the data has too few patients).
+        ConfigError: when it has fewer images than one batch.
     """
+    if not n_images:
+        raise DataError(
+            "the validation split has no images: the data has too few patients for the split "
+            "by patient (data.split sends a share of them to validation); add images of more "
+            "patients"
+        )
     n_batches = n_images // processes // (batch_size // processes)
     if not n_batches:
         raise ConfigError(

@@ -3,8 +3,11 @@ it validates."""
 
 import logging
 
-from imgae_dx_jax.config import load_config
-from imgae_dx_jax.training.loop import validation_points
+import pytest
+
+from imgae_dx_jax.config import ConfigError, load_config
+from imgae_dx_jax.errors import DataError
+from imgae_dx_jax.training.loop import validation_batches, validation_points
 from imgae_dx_jax.training.train import train
 
 
@@ -12,6 +15,15 @@ def test_validation_points_are_evenly_spaced_and_end_the_epoch():
     assert validation_points(61, 1) == [61]
     assert validation_points(61, 4) == [15, 30, 46, 61]
     assert validation_points(3, 5) == [1, 2, 3]  # at most one per step
+
+
+def test_validation_batches_say_what_is_missing():
+    assert validation_batches(40, 16, 1) == 2
+    assert validation_batches(40, 16, 2) == 2  # 20 images per process, batches of 8
+    with pytest.raises(ConfigError, match=r"has 10 images, fewer than one batch of 16; lower"):
+        validation_batches(10, 16, 1)
+    with pytest.raises(DataError, match="no images: the data has too few patients"):
+        validation_batches(0, 16, 1)  # a smaller batch would not help
 
 
 def test_the_training_bar_moves_at_synchronised_steps_only(tmp_path, bars, caplog):
