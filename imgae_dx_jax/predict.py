@@ -46,6 +46,8 @@ MAX_OVERLAY_SIDE = 1024
 def find_images(inputs: Sequence[Path], skip: Path | None = None) -> list[Path]:
     """Expand files and directories (recursively) into image files, in a stable order.
 
+    A dangling symlink with an image suffix is kept, so that it is reported unreadable.
+
     Args:
         inputs: image files and directories.
         skip: a directory whose files a searched directory holding it below itself does not
@@ -66,7 +68,7 @@ def find_images(inputs: Sequence[Path], skip: Path | None = None) -> list[Path]:
             found += sorted(
                 p
                 for p in path.rglob("*")
-                if p.is_file()
+                if (p.is_file() or (p.is_symlink() and not p.exists()))  # dangling: unreadable
                 and p.suffix.lower() in IMAGE_SUFFIXES
                 and (below is None or not p.resolve().is_relative_to(below))
             )

@@ -152,6 +152,13 @@ def test_find_images_needs_an_image(tmp_path):
         find_images([tmp_path])
 
 
+def test_a_dangling_symlink_is_found_so_that_it_is_reported(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "notes.txt").symlink_to(tmp_path / "missing.txt")
+    assert [p.name for p in find_images([tmp_path])] == ["a.png", "gone.png"]
+
+
 @pytest.mark.parametrize(
     "module", ["imgae_dx_jax.predict", "imgae_dx_jax.cli", "imgae_dx_jax.__main__"]
 )
