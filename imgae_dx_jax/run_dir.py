@@ -386,14 +386,24 @@ def check_split_manifest(run_dir: Path, name: str, records: Sequence[Record]) ->
 
 
 def check_held_out(run_dir: Path, splits: Splits, data: str) -> None:
-    """Fail if any validation or test image of other data was in the run's training split.
+    """Fail if other data's evaluation would use images the run was trained or chosen on.
 
-    Images are the same when their keys are (NIH file names; paths in an image folder). An
-    image whose file name is that of a training image in another folder (an image folder
-    laid out anew) may be the same image: it is counted in a warning, as two data sets may
-    also name different images alike.
+    No validation or test image may be in the run's training split, and no test image in its
+    validation split (which chose its model). Images are the same when their keys are (NIH
+    file names; paths in an image folder). An image whose file name is that of a training
+    image in another folder (an image folder laid out anew) may be the same image: it is
+    counted in a warning, as two data sets may also name different images alike.
     """
-    trained = set(_manifest(run_dir)["train"])
+    manifest = _manifest(run_dir)
+    trained = set(manifest["train"])
+    validated = set(manifest["val"])
+    chose = [r.key for r in splits.test if r.key in validated]
+    if chose:
+        raise RunError(
+            f"{len(chose)} images of the test split of {data} (e.g. {chose[0]}) are in the "
+            f"validation split of {run_dir}, which chose its model: the evaluation would not "
+            "be held out"
+        )
     trained_names = {key.rsplit("/", 1)[-1] for key in trained}
     for name in ("val", "test"):
         seen = [r.key for r in splits[name] if r.key in trained]

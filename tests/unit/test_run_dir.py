@@ -178,6 +178,10 @@ def test_other_data_must_hold_out_what_the_run_trained_on(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="imgae_dx_jax"):
         rundir.check_held_out(tmp_path, fresh, "other data")
     assert not caplog.records  # v.png validated the run, never trained it
+    chose = Splits((), (), (_record("a/NORMAL/v.png"),), False)
+    with pytest.raises(RunError, match=r"1 images of the test split .* validation split of"):
+        rundir.check_held_out(tmp_path, chose, "other data")  # it chose the run's model
+    rundir.check_held_out(tmp_path, Splits((), chose.test, (), False), "other data")
     leaked = Splits((), (), (_record("a/NORMAL/x.png"), _record("b/NORMAL/y.png")), False)
     with pytest.raises(RunError, match=r"1 images of the test split .*a/NORMAL/x\.png"):
         rundir.check_held_out(tmp_path, leaked, "other data")
