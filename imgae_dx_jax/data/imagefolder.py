@@ -92,7 +92,7 @@ def build_imagefolder_catalog(
     classes: dict[str, str] = {}
     folder_splits: dict[str, str] = {}
     if by_split is not None:
-        for name, (split, class_name) in by_split.items():
+        for name, (split, class_name, _) in _without_copies(by_split, store.description).items():
             classes[name], folder_splits[name] = class_name, split
     else:
         root = _common_root(images)
@@ -151,18 +151,47 @@ def build_imagefolder_catalog(
     return Catalog(records, (STAGE,), None, folder_splits=folder_splits)
 
 
-def _split_layout(images: list[str]) -> dict[str, tuple[str, str]] | None:
-    """Map image -> (split, class) when the tree has train/ and test/ split folders."""
-    out: dict[str, tuple[str, str]] = {}
+def _split_layout(images: list[str]) -> dict[str, tuple[str, str, str]] | None:
+    """Map image -> (split, class, its path from the split folder on), given split folders.
+
+    None unless the tree has ``train/`` and ``test/`` split folders.
+    """
+    out: dict[str, tuple[str, str, str]] = {}
     for name in images:
         parts = name.split("/")
         for i, part in enumerate(parts[:-2]):
             split = _SPLIT_FOLDERS.get(part.lower())
             if split is not None:
-                out[name] = (split, parts[i + 1])
+                out[name] = (split, parts[i + 1], "/".join(parts[i:]))
                 break
-    splits = {split for split, _ in out.values()}
+    splits = {split for split, _, _ in out.values()}
     return out if {"train", "test"} <= splits else None
+
+
+def _without_copies(
+    layout: dict[str, tuple[str, str, str]], description: str
+) -> dict[str, tuple[str, str, str]]:
+    """Keep one image of each path from the split folder on (the shortest name).
+
+    A tree holding a second copy of itself below a folder (Kaggle's pediatric pneumonia
+    download has ``chest_xray/train/...`` and ``chest_xray/chest_xray/train/...``) would count
+    every image twice: as two patients of the bootstrap, and, split by patient, possibly one
+    in training and its copy in test.
+    """
+    first: dict[str, str] = {}
+    for name in sorted(layout, key=lambda n: (len(n), n)):
+        first.setdefault(layout[name][2], name)
+    copies = sorted(set(layout) - set(first.values()))
+    if copies:
+        log.warning(
+            "%s: %d images are copies of others at the same path below another folder (e.g. "
+            "%s, a copy of %s); each is used once",
+            description,
+            len(copies),
+            copies[0],
+            first[layout[copies[0]][2]],
+        )
+    return {name: layout[name] for name in first.values()}
 
 
 def _common_root(images: list[str]) -> int:

@@ -175,6 +175,30 @@ def test_split_folders_that_share_a_patient_are_refused(tmp_path, subset):
     }
 
 
+def test_a_copy_of_the_tree_inside_it_is_used_once(tmp_path, subset, caplog):
+    # Kaggle's pediatric pneumonia download holds chest_xray/train/... and, again,
+    # chest_xray/chest_xray/train/...: without care every image is counted twice, as two
+    # patients that a split by patient can put in training and in test.
+    png = next(v for k, v in subset.items() if k.endswith(".png"))
+    root = tmp_path / "chest_xray"
+    for top in (root, root / "chest_xray"):
+        for folder, n in (("train/NORMAL", 6), ("test/NORMAL", 2), ("test/PNEUMONIA", 3)):
+            (top / folder).mkdir(parents=True)
+            for i in range(n):
+                (top / folder / f"{i}.png").write_bytes(png)
+    (root / "other" / "train" / "NORMAL").mkdir(parents=True)  # another image: kept
+    (root / "other" / "train" / "NORMAL" / "6.png").write_bytes(png)
+    with caplog.at_level("WARNING", logger="imgae_dx_jax"):
+        catalog = build_imagefolder_catalog(FolderStore(root), ("normal",))
+    assert sorted(r.key for r in catalog.records) == sorted(
+        [f"train/NORMAL/{i}.png" for i in range(6)]
+        + ["test/NORMAL/0.png", "test/NORMAL/1.png", "other/train/NORMAL/6.png"]
+        + [f"test/PNEUMONIA/{i}.png" for i in range(3)]
+    )
+    assert "11 images are copies of others at the same path below another folder" in caplog.text
+    assert "(e.g. chest_xray/test/NORMAL/0.png, a copy of test/NORMAL/0.png)" in caplog.text
+
+
 def test_imagefolder_source_end_to_end_and_errors(tmp_path, subset):
     png = next(v for k, v in subset.items() if k.endswith(".png"))
     _tree(
