@@ -102,10 +102,6 @@ class Catalog:
         default_factory=dict
     )
     """Per image: (finding, x, y, w, h) boxes in 1024-pixel coordinates."""
-    unmatched_images: int = 0
-    """Images in the store without a CSV row (left out)."""
-    rows_without_images: int = 0
-    """Rows of ``Data_Entry_2017.csv`` whose image is not in the store (any stage)."""
     folder_splits: dict[str, str] = field(default_factory=dict)
     """Per image key: ``train``/``val``/``test`` when the data comes with its own split folders
     (an image folder tree); empty otherwise."""
@@ -292,11 +288,4 @@ def build_catalog(store: Store, stages: tuple[str, ...]) -> Catalog:
     official = frozenset(store.read(test_name).decode().split()) if test_name is not None else None
     box_name = _find(names, "BBox_List_2017.csv")
     boxes = parse_boxes(store.read(box_name).decode("utf-8-sig")) if box_name else {}
-    return Catalog(
-        tuple(records),
-        tuple(stages),
-        official,
-        boxes,
-        unmatched,
-        rows_without_images=rows_without_images,
-    )
+    return Catalog(tuple(records), tuple(stages), official, boxes)

@@ -143,7 +143,6 @@ def test_hostile_member_names_never_write_outside_the_cache(tmp_path, caplog):
     assert not Path("/abs").exists() and not (tmp_path / "escape").exists()
     assert sorted(r.key for r in catalog.records) == ["a.png", "b.png", "c.png", "d.png"]
     # Images without a CSV row and CSV rows without an image: counted and reported, not fatal.
-    assert catalog.unmatched_images == 1 and catalog.rows_without_images == 1
     assert "1 images have no row" in caplog.text and "1 rows of Data_Entry_2017.csv" in caplog.text
     source = ImageSource(catalog.records, store, 16, SkipLog())
     assert all(source[i] is not None for i in range(len(source)))
