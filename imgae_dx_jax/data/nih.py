@@ -107,7 +107,9 @@ class Catalog:
     (an image folder tree); empty otherwise."""
 
 
-def parse_data_entry(text: str, images: Container[str] | None = None) -> dict[str, Entry]:
+def parse_data_entry(
+    text: str, images: Container[str] | None = None
+) -> tuple[dict[str, Entry], int]:
     """Parse ``Data_Entry_2017.csv``.
 
     The real header names ``OriginalImage[Width,Height]`` and ``OriginalImagePixelSpacing[x,y]``
@@ -120,14 +122,14 @@ def parse_data_entry(text: str, images: Container[str] | None = None) -> dict[st
             keeps all. The whole file has 112,120 rows: parsed into entries they take ~60 MB
             for a moment, which a catalog of a few stages does not need.
 
+    Returns:
+        The entries (of ``images``) by image name, and the number of other images that have
+        rows.
+
     Raises:
-        DataError: when the header does not start with the expected columns.
+        DataError: when the file is empty or not a readable CSV file, or its header does not
+            start with the expected columns.
     """
-    return _parse(text, images)[0]
-
-
-def _parse(text: str, images: Container[str] | None) -> tuple[dict[str, Entry], int]:
-    """The entries (of ``images``) and the number of other images that have rows."""
     try:
         return _parse_data_entry(text, images)
     except csv.Error as err:
@@ -241,7 +243,8 @@ def build_catalog(store: Store, stages: tuple[str, ...]) -> Catalog:
     if csv_name is None:
         raise DataError(f"{store.description}: Data_Entry_2017.csv not found")
     located = locate_images(names)
-    entries, rows_without_images = _parse(store.read(csv_name).decode("utf-8-sig"), located)
+    text = store.read(csv_name).decode("utf-8-sig")
+    entries, rows_without_images = parse_data_entry(text, located)
     present = Counter(stage for _, stage in located.values())
     wanted = set(stages)
     records = []

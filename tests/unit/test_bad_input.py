@@ -47,7 +47,7 @@ def test_csv_with_bom_blank_lines_and_extra_columns_is_parsed():
         + "   ,  ,\n\n"
         + "b.png,Mass|Effusion,1,2,060Y,F,AP\n\n"
     )
-    entries = parse_data_entry(text)
+    entries, _ = parse_data_entry(text)
     assert set(entries) == {"a.png", "b.png"}
     assert entries["a.png"].label == 0 and entries["b.png"].findings == ("Effusion", "Mass")
     assert entries["b.png"].age == 60
@@ -86,7 +86,7 @@ def test_csv_parser_never_fails_other_than_with_a_data_error(rows, bom):
     writer.writerows(rows)
     text = ("\ufeff" if bom else "") + out.getvalue()
     try:
-        entries = parse_data_entry(text)
+        entries, _ = parse_data_entry(text)
     except DataError as err:
         assert "Data_Entry_2017.csv" in str(err)
         return

@@ -32,7 +32,8 @@ QUIRK_CSV = (
 
 
 def test_csv_header_quirk_and_labels():
-    entries = parse_data_entry(QUIRK_CSV)
+    entries, others = parse_data_entry(QUIRK_CSV)
+    assert others == 0
     assert set(entries) == {"00000001_000.png", "00000001_001.png", "00000002_000.png"}
     first = entries["00000001_001.png"]
     assert first.findings == ("Cardiomegaly", "Emphysema") and first.label == 1
@@ -42,8 +43,9 @@ def test_csv_header_quirk_and_labels():
 
 
 def test_csv_keeps_only_the_rows_of_the_given_images():
-    entries = parse_data_entry(QUIRK_CSV, images={"00000002_000.png", "absent.png"})
-    assert entries == {"00000002_000.png": parse_data_entry(QUIRK_CSV)["00000002_000.png"]}
+    entries, others = parse_data_entry(QUIRK_CSV, images={"00000002_000.png", "absent.png"})
+    assert entries == {"00000002_000.png": parse_data_entry(QUIRK_CSV)[0]["00000002_000.png"]}
+    assert others == 2  # the rows of the two images left out
     with pytest.raises(DataError, match="unexpected header"):  # every row is still checked
         parse_data_entry("Image,Labels\nx.png,No Finding\n", images=set())
 

@@ -27,7 +27,7 @@ N = 60
 def subset() -> dict[str, bytes]:
     """CSV trimmed to N images (half normal) and those images, by member name."""
     with zipfile.ZipFile(sample_archive_path()) as src:
-        entries = parse_data_entry(src.read("Data_Entry_2017.csv").decode())
+        entries, _ = parse_data_entry(src.read("Data_Entry_2017.csv").decode())
         pngs = sorted(n for n in src.namelist() if n.endswith(".png"))
         normal = [n for n in pngs if entries[n.rsplit("/", 1)[1]].label == 0][: N // 2]
         abnormal = [n for n in pngs if entries[n.rsplit("/", 1)[1]].label == 1][: N // 2]
