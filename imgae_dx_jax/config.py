@@ -58,6 +58,13 @@ def user_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "imgae_dx_jax"
 
 
+def cluster_detected() -> bool:
+    """Whether this process is one of several launched by SLURM or on a multi-host TPU slice."""
+    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
+    tpu_hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+    return slurm or len(tpu_hosts) > 1
+
+
 def cache_dir_of(data: DataConfig) -> Path:
     """The cache directory: ``data.cache_dir`` expanded, or :func:`user_cache_dir` if empty.
 

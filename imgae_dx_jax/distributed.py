@@ -15,7 +15,6 @@ touches the devices.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import jax
@@ -24,18 +23,13 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from imgae_dx_jax.config import cluster_detected
+
 log = logging.getLogger(__name__)
 
 DATA_AXIS = "data"
 _FSDP_MIN_SIZE = 2**14
 """Arrays smaller than this stay replicated under ``shard_params`` (not worth a gather)."""
-
-
-def cluster_detected() -> bool:
-    """Whether this process is one of several launched by SLURM or on a multi-host TPU slice."""
-    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
-    tpu_hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
-    return slurm or len(tpu_hosts) > 1
 
 
 def initialize(
