@@ -29,6 +29,7 @@ from imgae_dx_jax import run_dir as rundir
 from imgae_dx_jax.checkpoints import restore_model
 from imgae_dx_jax.cli import predict_parser, print_predictions, run_cli
 from imgae_dx_jax.data.images import ImageDecodeError, decode_image, to_grayscale_uint8
+from imgae_dx_jax.data.nih import IMAGE_SUFFIXES
 from imgae_dx_jax.errors import PredictError
 from imgae_dx_jax.inference import Scorer
 from imgae_dx_jax.report.overlay import overlay_rgb
@@ -38,7 +39,6 @@ from imgae_dx_jax.runtime import setup_compilation_cache
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_OVERLAY_SIDE = 1024
 """Overlays of larger images are downscaled to this longest side."""
 
