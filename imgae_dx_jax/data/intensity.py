@@ -13,7 +13,8 @@ which evaluation and prediction share), so all of them see the same normalisatio
            MIDL 2022): removes the scale only
 =========  ========================================================================================
 
-An image whose percentiles coincide (a constant image) becomes zeros.
+A constant image (its percentiles coincide) becomes zeros under ``minmax``; under ``p99`` it
+becomes ones, or zeros if it is black.
 """
 
 from __future__ import annotations

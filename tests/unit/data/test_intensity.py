@@ -63,11 +63,12 @@ def test_p99_divides_by_the_99th_percentile_and_ignores_scale_not_offset():
 
 
 @pytest.mark.parametrize("mode", ["minmax", "p99"])
-def test_constant_images_give_zeros_not_nans(mode):
+def test_constant_images_give_zeros_or_ones_not_nans(mode):
     x = jnp.zeros((2, 8, 8, 1)).at[1].set(0.5)
     y = np.asarray(normalise_intensity(x, mode))
     assert np.isfinite(y).all()
     np.testing.assert_array_equal(y[0], 0.0)
+    np.testing.assert_array_equal(y[1], 0.0 if mode == "minmax" else 1.0)
 
 
 def test_model_input_scales_uint8_and_runs_under_jit():
