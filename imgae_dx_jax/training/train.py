@@ -67,9 +67,9 @@ def train(
     """Train the configured stages in ``run_dir``, resuming from its checkpoints.
 
     Stages already completed in the run directory are skipped; the model and optimiser
-    carry over from one stage to the next. ``tracker`` (started by the caller) receives the
-    logged metrics and, every ``tracking.images_every`` steps, sample reconstructions; it is
-    started here, once the run directory is known to be usable.
+    carry over from one stage to the next. ``tracker`` (made and finished by the caller)
+    receives the logged metrics and, every ``tracking.images_every`` steps, sample
+    reconstructions; it is started here, once the run directory is known to be usable.
 
     Returns:
         The run's config, the trained model and the precision it trained in.
