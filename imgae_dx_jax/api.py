@@ -51,7 +51,10 @@ def train_and_evaluate(
     overwrite: bool = False,
     evaluate: bool = True,
 ) -> dict[str, Any] | None:
-    """Train (or continue) the run, export the final model and evaluate it on the test split.
+    """Train (or continue) the run, export its model and evaluate it on the test split.
+
+    The export is the model of best validation AUROC, or the last one
+    (``train.select_checkpoint``).
 
     Training (and the evaluation) are logged to one W&B run of ``config.tracking``. In a
     multi-host run only process 0 evaluates (from the export); the others wait for it.
