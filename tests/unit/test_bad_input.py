@@ -19,7 +19,7 @@ from imgae_dx_jax.data import kaggle
 from imgae_dx_jax.data.archive import ZipStore
 from imgae_dx_jax.data.cache import ensure_caches
 from imgae_dx_jax.data.imagefolder import build_imagefolder_catalog
-from imgae_dx_jax.data.nih import build_catalog, parse_data_entry
+from imgae_dx_jax.data.nih import Catalog, build_catalog, parse_data_entry
 from imgae_dx_jax.data.pipeline import ImageSource, SkipLog, train_dataset
 from imgae_dx_jax.data.stores import DataError, FolderStore
 from imgae_dx_jax.training.loop import StopFlag
@@ -182,6 +182,13 @@ def test_truncated_archive_is_a_clear_error(tmp_path):
         ZipStore(tmp_path / "cut.zip")
 
 
+def _cached(store: ZipStore | FolderStore, catalog: Catalog) -> tuple[ImageSource, SkipLog]:
+    """The catalog's images at 16 px from its freshly written stage caches, and their skips."""
+    ensure_caches(store, catalog, 16, 2)
+    skips = SkipLog()
+    return ImageSource(catalog.records, store, 16, skips), skips
+
+
 def test_wrong_crc_is_detected_and_counted(tmp_path):
     good, bad = _png(10), _png(200)
     members = {
@@ -195,10 +202,7 @@ def test_wrong_crc_is_detected_and_counted(tmp_path):
     raw[at] ^= 0x01
     archive.write_bytes(bytes(raw))
     store = ZipStore(archive, cache_dir=tmp_path / "cache")
-    catalog = build_catalog(store, ("images_001",))
-    ensure_caches(store, catalog, 16, 2)
-    skips = SkipLog()
-    source = ImageSource(catalog.records, store, 16, skips)
+    source, skips = _cached(store, build_catalog(store, ("images_001",)))
     assert source[0] is not None and source[1] is None
     assert skips.by_reason() == {"unreadable (CorruptMemberError)": 1}
 
@@ -212,10 +216,7 @@ def test_a_dangling_symlink_in_an_image_folder_is_skipped_and_counted(tmp_path):
             (root / name / f"{i}.png").write_bytes(_png(40 * i))
     (root / "normal" / "gone.png").symlink_to(tmp_path / "deleted.png")
     store = FolderStore(root, cache_dir=tmp_path / "cache")
-    catalog = build_imagefolder_catalog(store, ("normal",))
-    ensure_caches(store, catalog, 16, 2)
-    skips = SkipLog()
-    source = ImageSource(catalog.records, store, 16, skips)
+    source, skips = _cached(store, build_imagefolder_catalog(store, ("normal",)))
     decoded = [source[i] is not None for i in range(len(source))]
     assert decoded.count(False) == 1 and len(decoded) == 7
     assert skips.by_reason() == {"unreadable (FileNotFoundError)": 1}
@@ -234,10 +235,7 @@ def test_a_corrupt_local_header_costs_only_its_member(tmp_path):
     raw[offset + 8 : offset + 10] = b"\xff\x00"  # the compression method: 255, no such method
     archive.write_bytes(bytes(raw))
     store = ZipStore(archive, cache_dir=tmp_path / "cache")
-    catalog = build_catalog(store, ("images_001",))
-    ensure_caches(store, catalog, 16, 2)
-    skips = SkipLog()
-    source = ImageSource(catalog.records, store, 16, skips)
+    source, skips = _cached(store, build_catalog(store, ("images_001",)))
     assert source[0] is not None and source[1] is None
     assert skips.by_reason() == {"unreadable (CorruptMemberError)": 1}
 
