@@ -49,12 +49,19 @@ class _FailsWhenCollected:
         raise self.error  # Python ignores it and calls sys.unraisablehook
 
 
-def test_closed_event_loop_errors_are_dropped_and_others_kept(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def unraisables(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
+    """The ignored errors that reach the hook in place before setup_logging wrapped it."""
     seen: list[BaseException | None] = []
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable.exc_value))
     setup_logging(debug=False)
+    return seen
+
+
+def test_closed_event_loop_errors_are_dropped_and_others_kept(
+    unraisables: list[BaseException | None],
+) -> None:
+    seen = unraisables
     hook = sys.unraisablehook
     setup_logging(debug=False)
     assert sys.unraisablehook is hook  # not wrapped twice
@@ -76,11 +83,9 @@ async def _read_array() -> None:
 
 
 def test_abandoned_read_coroutines_are_dropped_and_others_kept(
-    monkeypatch: pytest.MonkeyPatch,
+    unraisables: list[BaseException | None],
 ) -> None:
-    seen: list[BaseException | None] = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable.exc_value))
-    setup_logging(debug=False)
+    seen = unraisables
     coroutine = _read_array()
     coroutine.send(None)  # suspended mid-read, as a read of a failed restore is left
     del coroutine  # closed unfinished: GeneratorExit becomes another exception, ignored
