@@ -58,11 +58,12 @@ def find_images(inputs: Sequence[Path], skip: Path | None = None) -> list[Path]:
         PredictError: for a path that does not exist, or when no image file is found.
     """
     found: list[Path] = []
+    skipped = skip.expanduser().resolve() if skip is not None else None
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
             root = path.resolve()
-            below = skip.expanduser().resolve() if skip is not None else None
+            below = skipped
             if below is not None and (below == root or not below.is_relative_to(root)):
                 below = None
             found += sorted(
